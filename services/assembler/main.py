@@ -1,0 +1,266 @@
+"""``shoal-assembler``: collects a job's chunks, tracks (``track.track``), writes the session folder.
+
+The main thread owns the control and geometry sockets and keeps heartbeating; the tracking of a
+job runs on a worker thread that talks to the identifier through its own DEALER socket
+(:class:`RemoteIdentifier`) and reports progress through a queue, so a long computation never
+looks like a dead worker to the gateway.
+"""
+
+from __future__ import annotations
+
+import queue
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import zmq
+from prometheus_client import Counter, Histogram, start_http_server
+
+from shoal import __version__
+from shoal.blobs import BlobTable, concat
+from shoal.codec import Message, pack, unpack
+from shoal.config import parse_config, setup_logging
+from shoal.learning import CrossingReply, CrossingRequest, IdentityReply, IdentityRequest, Progress
+from shoal.params import TrackingParams
+from shoal.transport import DATA_HWM, ControlChannel, bind, make_socket, recv, send
+
+from .outputs import warn_inconsistent_frames, write_session
+from .overlap import overlap_links
+from .track import track
+
+CHUNKS = Counter("shoal_chunks_assembled_total", "Chunks of geometry received, by outcome", ["outcome"])
+STAGE_SECONDS = Histogram("shoal_stage_duration_seconds", "Duration of each assembler stage of a job", ["stage"],
+                          buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600))
+
+
+#: the gateway's stage of each stage name the tracking code and the identifier report
+STAGES = {"Crossing detection": "crossings", "crossing detector": "crossings", "Fragmentation": "fragments",
+          "Tracking": "identities", "Fragment identification": "assign", "Identification": "assign",
+          "Impossible jumps correction": "assign", "Trajectories creation": "postprocess",
+          "Crossings solver": "postprocess", "write": "write"}
+
+
+class JobError(Exception):
+    """The job cannot complete; the message says why in words a user can act on."""
+
+
+@dataclass
+class AssemblerConfig:
+    gateway: str = field(default="tcp://127.0.0.1:5555", metadata={"help": "gateway control endpoint"})
+    geometry: str = field(default="tcp://0.0.0.0:5558", metadata={"help": "endpoint for chunk geometry"})
+    metrics_port: int = field(default=9103, metadata={"help": "Prometheus /metrics port (0 = any free, -1 = off)"})
+
+
+class RemoteIdentifier:
+    """:class:`shoal.learning.IdentifierClient` over ZeroMQ (DEALER to the identifier's ROUTER)."""
+
+    def __init__(self, ctx: zmq.Context, endpoint: str, job: str, n_chunks: int, cancelled: threading.Event):
+        self.sock = make_socket(ctx, zmq.DEALER)
+        self.sock.connect(endpoint)
+        self.job, self.n_chunks, self.cancelled = job, n_chunks, cancelled
+
+    def _call(self, msg: Message, progress: Progress | None) -> Message:
+        msg.body.update(job=self.job, n_chunks=self.n_chunks)
+        send(self.sock, msg)
+        while True:
+            if self.cancelled.is_set():
+                raise JobError("cancelled")
+            if not self.sock.poll(500, zmq.POLLIN):
+                continue
+            _, reply = recv(self.sock)
+            if reply.type == "progress":
+                if progress is not None:
+                    progress(reply["stage"], reply["fraction"], reply.get("figures") or {})
+            elif reply.type == "error":
+                raise JobError(reply["error"])
+            else:
+                return reply
+
+    def classify_crossings(self, request: CrossingRequest, progress: Progress | None = None) -> CrossingReply:
+        return unpack(self._call(pack("classify_crossings", request), progress), CrossingReply)
+
+    def learn_identities(self, request: IdentityRequest, progress: Progress | None = None) -> IdentityReply:
+        return unpack(self._call(pack("learn_identities", request), progress), IdentityReply)
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+
+
+@dataclass
+class JobState:
+    spec: dict | None = None
+    chunks: dict[int, BlobTable] = field(default_factory=dict)
+    n_chunks: int | None = None
+    started: bool = False
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+
+class Assembler:
+    def __init__(self, cfg: AssemblerConfig, log):
+        self.cfg, self.log = cfg, log
+        self.ctx = zmq.Context.instance()
+        self.geometry = make_socket(self.ctx, zmq.PULL, hwm=DATA_HWM)
+        endpoint = bind(self.geometry, cfg.geometry)
+        self.control = ControlChannel(self.ctx, cfg.gateway, "assembler", {"geometry": endpoint})
+        self.jobs: dict[str, JobState] = {}
+        self.outbox: queue.Queue[Message] = queue.Queue()
+        self.stopping = False
+        log.info("assembler %s; geometry on %s", self.control.worker_id, endpoint)
+
+    def run(self) -> None:
+        while not self.stopping:
+            msg = self.control.poll(0)
+            if msg is not None:
+                self.on_control(msg)
+            if self.geometry.poll(100, zmq.POLLIN):
+                self.on_geometry(recv(self.geometry)[1])
+            while not self.outbox.empty():
+                self.control.send(self.outbox.get())
+        for state in self.jobs.values():
+            state.cancelled.set()
+        self.geometry.close(linger=0)
+        self.control.close()
+
+    def on_control(self, msg: Message) -> None:
+        if msg.type == "assemble":
+            state = self.jobs.setdefault(msg["job"], JobState())
+            state.spec = msg.body
+            state.n_chunks = len(msg["plan"]["chunks"])
+            self.maybe_start(msg["job"])
+        elif msg.type == "close_job":
+            state = self.jobs.pop(msg["job"], None)
+            if state is not None:
+                state.cancelled.set()
+
+    def on_geometry(self, msg: Message) -> None:
+        state = self.jobs.setdefault(msg["job"], JobState())
+        if state.started or msg["chunk"] in state.chunks:
+            CHUNKS.labels("duplicate").inc()
+            return
+        state.chunks[msg["chunk"]] = BlobTable.from_arrays(msg.arrays)
+        state.n_chunks = msg["n_chunks"]
+        CHUNKS.labels("new").inc()
+        self.maybe_start(msg["job"])
+
+    def maybe_start(self, job: str) -> None:
+        state = self.jobs[job]
+        if state.started or state.spec is None or len(state.chunks) < state.n_chunks:
+            return
+        state.started = True
+        threading.Thread(target=self.run_job, args=(job, state), name=f"job-{job}", daemon=True).start()
+
+    def run_job(self, job: str, state: JobState) -> None:
+        def progress(stage: str, fraction: float, figures: dict) -> None:
+            self.outbox.put(Message("progress", {"job": job, "stage": STAGES.get(stage, "identities"),
+                                                 "done": round(100 * fraction), "total": 100, "figures": figures}))
+
+        try:
+            figures, warnings = assemble(self.ctx, job, state, progress)
+            self.outbox.put(Message("job_done", {"job": job, "figures": figures, "warnings": warnings}))
+        except JobError as exc:
+            if not state.cancelled.is_set():
+                self.outbox.put(Message("job_failed", {"job": job, "error": str(exc)}))
+        except Exception as exc:
+            self.log.exception("job %s crashed", job)
+            self.outbox.put(Message("job_failed", {"job": job, "error": f"assembler crashed: {exc!r}"}))
+        finally:
+            self.jobs.pop(job, None)
+
+
+def assemble(ctx: zmq.Context, job: str, state: JobState, progress: Progress) -> tuple[dict, list[str]]:
+    """Stitch the chunks, track, and write the session folder. Returns (figures, warnings)."""
+    spec = state.spec
+    params = TrackingParams.from_dict(spec["params"])
+    video, probe = spec["plan"]["video"], spec["plan"]["probe"]
+    t0 = time.perf_counter()
+    table = concat([state.chunks[c] for c in range(state.n_chunks)])
+    state.chunks.clear()
+    if len(table) == 0:
+        raise JobError("no animals were found in any frame: check intensity_ths, area_ths and the ROI")
+    links = overlap_links(table)
+    n_frames = video["n_frames"]
+    blobs_per_frame = np.bincount(table.frame, minlength=n_frames)
+    n_animals = params.number_of_animals or int(blobs_per_frame.max())
+    warnings: list[str] = []
+    inconsistent = np.flatnonzero(blobs_per_frame > n_animals)
+    out_dir = Path(spec["output_dir"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if len(inconsistent):
+        warn_inconsistent_frames(out_dir, inconsistent)  # track() adds the warning itself
+        if params.check_segmentation:
+            raise JobError(f"check_segmentation: {len(inconsistent)} frames have more blobs than animals "
+                           f"(listed in {out_dir / 'inconsistent_frames.csv'})")
+    STAGE_SECONDS.labels("stitch").observe(time.perf_counter() - t0)
+    identifier = RemoteIdentifier(ctx, spec["identifier"], job, state.n_chunks, state.cancelled)
+    try:
+        result = track(table, links, n_frames, n_animals, identifier,
+                       identities=not params.track_wo_identities, method=params.method, seed=params.seed,
+                       progress=progress)
+    finally:
+        identifier.close()
+    for stage, seconds in result.timings.items():
+        STAGE_SECONDS.labels(stage).observe(seconds)
+    warnings += result.warnings
+    progress("write", 0.0, {})
+    statistics = {
+        "estimated_accuracy": result.estimated_accuracy, "silhouette_score": result.silhouette,
+        "n_blobs": len(table), "n_fragments": result.n_fragments, "n_global_fragments": result.n_global_fragments,
+        "identification_method": result.method, "velocity_threshold": result.velocity_threshold,
+        "frames_with_more_blobs_than_animals": int(len(inconsistent)),
+    }
+    session = {
+        "version": __version__, "job_id": job, "parameters": spec["params"], "video": video, "probe": probe,
+        "number_of_animals": n_animals, "timers": {"stitch": time.perf_counter() - t0, **result.timings},
+        "statistics": statistics, "warnings": warnings, "notes": result.notes,
+    }
+    write_session(out_dir, {
+        "trajectories": result.trajectories, "id_probabilities": result.id_probabilities,
+        "areas": _area_statistics(result.areas), "frames_per_second": video["fps"], "body_length": probe["body_length"],
+        "estimated_accuracy": result.estimated_accuracy, "silhouette_score": result.silhouette,
+        "setup_points": params.setup_points, "identities_labels": params.identities_labels,
+        "width": video["width"], "height": video["height"], "video_paths": video["paths"], "session": session,
+    }, formats=tuple(params.trajectories_formats))
+    progress("write", 1.0, {})
+    figures = {"blobs": len(table), "fragments": result.n_fragments, "animals": n_animals,
+               "global_fragments": result.n_global_fragments}
+    if result.estimated_accuracy is not None and np.isfinite(result.estimated_accuracy):
+        figures["estimated_accuracy"] = result.estimated_accuracy
+    return figures, warnings
+
+
+def _area_statistics(areas: np.ndarray) -> dict[str, np.ndarray]:
+    """Mean, median and s.d. of each identity's blob area ([F, N] with NaN where not seen)."""
+    seen = np.isfinite(areas)
+    filled = np.where(seen, areas, 0.0)
+    count = np.maximum(seen.sum(0), 1)
+    mean = filled.sum(0) / count
+    std = np.sqrt((np.where(seen, (areas - mean) ** 2, 0.0)).sum(0) / count)
+    median = np.array([np.median(areas[seen[:, i], i]) if seen[:, i].any() else np.nan
+                       for i in range(areas.shape[1])])
+    none = ~seen.any(0)
+    mean[none] = std[none] = np.nan
+    return {"mean": mean, "median": median, "std": std}
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_config(AssemblerConfig, argv, "Shoal assembler: fragments, identities, trajectories")
+    log = setup_logging("assembler")
+    if cfg.metrics_port >= 0:
+        start_http_server(cfg.metrics_port)
+    worker = Assembler(cfg, log)
+
+    def stop(*_):
+        worker.stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    worker.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

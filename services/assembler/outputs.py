@@ -1,0 +1,287 @@
+"""The session folder: what a finished job leaves for the user and their analysis code.
+
+Labs have analysis code written for idtracker.ai's output, so the trajectory files use exactly the
+key set, shapes and file layout of idtracker.ai v6 (method notes §7.1-7.3): a pickled dict in
+`trajectories/trajectories.npy`, the same content in `trajectories.h5`, and plain-text tables in
+`trajectories/trajectories_csv/`. `session.json` holds what Shoal adds: parameters, versions,
+timers, statistics and warnings.
+
+Every file is written to a temporary name in its own folder and then renamed over the final name,
+so a crash or a full disk never leaves a half-written trajectories file behind.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+import shoal
+
+FORMATS = ("npy", "h5", "csv", "csv_tidy")
+
+REQUIRED_KEYS = ("trajectories", "frames_per_second", "body_length", "width", "height", "video_paths")
+
+SCALAR_KEYS = (
+    "frames_per_second",
+    "body_length",
+    "estimated_accuracy",
+    "silhouette_score",
+    "fragment_connectivity",
+    "fraction_identified",
+    "length_unit",
+    "version",
+    "width",
+    "height",
+)
+"""Keys stored as HDF5 file attributes (with the list-valued `identities_labels`, `video_paths`)."""
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with numpy types as Python ones, NaN/inf as None and paths as strings: valid JSON."""
+    if isinstance(value, dict):
+        return {str(key): json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple | set):
+        return [json_safe(item) for item in value]
+    if isinstance(value, np.ndarray):
+        return json_safe(value.tolist())
+    if isinstance(value, np.generic):
+        return json_safe(value.item())
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def trajectories_dict(result: dict) -> dict:
+    """The trajectories dict with exactly idtracker.ai v6's keys (method notes §7.2).
+
+    Optional inputs default as idtracker.ai would leave them: no accuracy estimate (None), labels
+    "1".."N", no setup points or identity groups, no length unit.
+    """
+    missing = [key for key in REQUIRED_KEYS if key not in result]
+    if missing:
+        raise ValueError(f"cannot write trajectories: result lacks {', '.join(missing)}")
+    trajectories = np.asarray(result["trajectories"], dtype=np.float64)
+    if trajectories.ndim != 3 or trajectories.shape[2] != 2:
+        raise ValueError(f"trajectories must be [frames, animals, 2], got shape {trajectories.shape}")
+    n_frames, n_animals, _ = trajectories.shape
+    probabilities = result.get("id_probabilities")
+    if probabilities is None:
+        probabilities = np.full((n_frames, n_animals, 1), np.nan)
+    probabilities = np.asarray(probabilities, dtype=np.float64).reshape(n_frames, n_animals, 1)
+    areas = result.get("areas") or {}
+    areas = {
+        name: np.asarray(areas.get(name, np.full(n_animals, np.nan)), dtype=np.float64)
+        for name in ("mean", "median", "std")
+    }
+    labels = result.get("identities_labels") or [str(i + 1) for i in range(n_animals)]
+    if len(labels) != n_animals:
+        raise ValueError(f"{len(labels)} identity labels for {n_animals} animals")
+    x_known = np.isfinite(trajectories[..., 0])
+    output = {
+        "trajectories": trajectories,
+        "id_probabilities": probabilities,
+        "areas": areas,
+        "frames_per_second": float(result["frames_per_second"]),
+        "body_length": float(result["body_length"]),
+        "estimated_accuracy": _optional_float(result.get("estimated_accuracy")),
+        "silhouette_score": _optional_float(result.get("silhouette_score")),
+        "fraction_identified": float(x_known.mean()) if x_known.size else 0.0,
+        "setup_points": dict(result.get("setup_points") or {}),
+        "identities_labels": [str(label) for label in labels],
+        "identities_groups": dict(result.get("identities_groups") or {}),
+        "length_unit": _optional_float(result.get("length_unit")),
+        "version": str(result.get("version", shoal.__version__)),
+        "width": int(result["width"]),
+        "height": int(result["height"]),
+        "video_paths": [str(path) for path in result["video_paths"]],
+    }
+    if result.get("fragment_connectivity") is not None:
+        output["fragment_connectivity"] = float(result["fragment_connectivity"])
+    return output
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+@contextmanager
+def _replacing(path: Path) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; on success it atomically becomes `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield temporary
+        with open(temporary, "rb+") as written:
+            os.fsync(written.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _write_text(path: Path, text: str) -> None:
+    with _replacing(path) as temporary:
+        temporary.write_text(text)
+
+
+def _write_json(path: Path, value: Any) -> None:
+    _write_text(path, json.dumps(json_safe(value), indent=2, allow_nan=False) + "\n")
+
+
+def _write_table(path: Path, header: str, rows: np.ndarray, fmt: str | list[str]) -> None:
+    with _replacing(path) as temporary, open(temporary, "w") as stream:
+        np.savetxt(stream, rows, fmt=fmt, delimiter=",", header=header, comments="")
+
+
+def write_npy(path: Path, trajectories: dict) -> None:
+    """The pickled dict; read it with `np.load(path, allow_pickle=True).item()`."""
+    with _replacing(path) as temporary, open(temporary, "wb") as stream:
+        np.save(stream, trajectories, allow_pickle=True)
+
+
+def write_h5(path: Path, trajectories: dict) -> None:
+    """Arrays as gzip datasets, dicts as groups, scalars and strings as file attributes.
+
+    HDF5 attributes cannot be None: a missing length unit is stored as -1 (as idtracker.ai does)
+    and other missing numbers as NaN.
+    """
+    with _replacing(path) as temporary, h5py.File(temporary, "w") as h5:
+        for name in ("trajectories", "id_probabilities"):
+            h5.create_dataset(name, data=trajectories[name], compression="gzip")
+        for group_name in ("areas", "setup_points", "identities_groups"):
+            group = h5.create_group(group_name)
+            for key, value in trajectories[group_name].items():
+                group.create_dataset(str(key), data=np.asarray(value))
+        for key in SCALAR_KEYS:
+            if key in trajectories:
+                value = trajectories[key]
+                if value is None:
+                    value = -1 if key == "length_unit" else np.nan
+                h5.attrs[key] = value
+        h5.attrs["identities_labels"] = trajectories["identities_labels"]
+        h5.attrs["video_paths"] = trajectories["video_paths"]
+
+
+def _attributes(trajectories: dict) -> dict:
+    """Everything but the per-frame arrays and areas, for the JSON next to the CSV tables."""
+    return {key: value for key, value in trajectories.items()
+            if key not in ("trajectories", "id_probabilities", "areas")}
+
+
+def write_csv(folder: Path, trajectories: dict) -> Path:
+    """idtracker.ai's `trajectories_csv/` folder; returns the path of trajectories.csv.
+
+    Times are frame / fps; unknown positions are written `nan`, as idtracker.ai writes them.
+    """
+    positions = trajectories["trajectories"]
+    n_frames, n_animals, _ = positions.shape
+    time = np.arange(n_frames) / trajectories["frames_per_second"]
+    identities = range(1, n_animals + 1)
+    table = folder / "trajectories.csv"
+    _write_table(
+        table,
+        "time," + ",".join(f"x{i},y{i}" for i in identities),
+        np.column_stack([time, positions.reshape(n_frames, 2 * n_animals)]),
+        "%.3f",
+    )
+    _write_table(
+        folder / "id_probabilities.csv",
+        "time," + ",".join(f"id_probabilities{i}" for i in identities),
+        np.column_stack([time, trajectories["id_probabilities"][..., 0]]),
+        ["%.3f"] + ["%.3e"] * n_animals,
+    )
+    areas = trajectories["areas"]
+    _write_table(
+        folder / "areas.csv",
+        "mean,median,standard_deviation",
+        np.column_stack([areas["mean"], areas["median"], areas["std"]]),
+        "%.3f",
+    )
+    _write_json(folder / "attributes.json", _attributes(trajectories))
+    return table
+
+
+def write_csv_tidy(folder: Path, trajectories: dict) -> Path:
+    """Long format, one row per known position: frame,time,individual,x,y,probability."""
+    positions = trajectories["trajectories"]
+    frames, animals = np.nonzero(np.isfinite(positions).all(axis=2))
+    x, y = positions[frames, animals].T
+    rows = np.column_stack([
+        frames,
+        frames / trajectories["frames_per_second"],
+        animals + 1,
+        x,
+        y,
+        trajectories["id_probabilities"][frames, animals, 0],
+    ])
+    table = folder / "trajectories_tidy.csv"
+    _write_table(table, "frame,time,individual,x,y,probability", rows,
+                 ["%d", "%.3f", "%d", "%.3f", "%.3f", "%.3e"])
+    _write_json(folder / "attributes_tidy.json", _attributes(trajectories))
+    return table
+
+
+def write_session(
+    out_dir: Path, result: dict, *, formats: tuple[str, ...] = ("npy", "h5", "csv")
+) -> dict[str, Path]:
+    """Write the session folder; returns {"session": session.json, format: its main file}.
+
+    `result` holds the trajectory inputs of :func:`trajectories_dict` plus `session`, the dict
+    stored in session.json; the quality indicators are added to its "statistics".
+    """
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown:
+        raise ValueError(f"unknown output formats {unknown}; choose from {list(FORMATS)}")
+    out_dir = Path(out_dir)
+    trajectories = trajectories_dict(result)
+    folder = out_dir / "trajectories"
+    written = {"session": out_dir / "session.json"}
+    session = dict(result.get("session") or {})
+    statistics = dict(session.get("statistics") or {})
+    for key in ("estimated_accuracy", "silhouette_score", "fraction_identified"):
+        statistics.setdefault(key, trajectories[key])
+    session["statistics"] = statistics
+    _write_json(written["session"], session)
+    if "npy" in formats:
+        written["npy"] = folder / "trajectories.npy"
+        write_npy(written["npy"], trajectories)
+    if "h5" in formats:
+        written["h5"] = folder / "trajectories.h5"
+        write_h5(written["h5"], trajectories)
+    if "csv" in formats:
+        written["csv"] = write_csv(folder / "trajectories_csv", trajectories)
+    if "csv_tidy" in formats:
+        written["csv_tidy"] = write_csv_tidy(folder, trajectories)
+    return written
+
+
+def warn_inconsistent_frames(out_dir: Path, frames: np.ndarray) -> Path | None:
+    """List the frames holding more blobs than animals in `inconsistent_frames.csv`.
+
+    Such frames usually mean the segmentation picks up noise or the animal count is wrong. With no
+    such frame the file is absent (a stale one from an earlier run is removed).
+    """
+    path = Path(out_dir) / "inconsistent_frames.csv"
+    frames = np.unique(np.asarray(frames, dtype=np.int64))
+    if frames.size == 0:
+        path.unlink(missing_ok=True)
+        return None
+    _write_table(path, "frame", frames[:, None], "%d")
+    return path
+
+
+def load_session(out_dir: Path) -> dict:
+    """The trajectories dict of a session folder, as idtracker.ai users load it."""
+    path = Path(out_dir) / "trajectories" / "trajectories.npy"
+    if not path.exists():
+        raise FileNotFoundError(f"no trajectories in {out_dir}: {path} does not exist (job not finished?)")
+    return np.load(path, allow_pickle=True).item()

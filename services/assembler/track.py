@@ -1,0 +1,252 @@
+"""The assembler's algorithm from blobs to trajectories, as the paper reads (design §1 steps 3–7).
+
+Blobs linked frame to frame -> individual or crossing -> fragments (surely one animal) -> global
+fragments (all animals seen apart) -> identities learned per video by the identifier -> per-fragment
+votes, P1, P2 and greedy assignment -> impossible jumps corrected -> animals inside crossings
+interpolated -> trajectories. Without identities, fragments take slots instead.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from services.assembler.assignment import Assignment, assign_identities, estimated_accuracy
+from services.assembler.crossings import blobs_per_frame_of_blob, classify_crossings
+from services.assembler.fragments import Fragment, build_fragments, coexistence
+from services.assembler.global_fragments import GlobalFragment, find_global_fragments
+from services.assembler.postprocess import correct_impossible_jumps, interpolate_crossings, velocity_threshold
+from services.assembler.slots import assign_slots, max_blobs_per_frame
+from services.assembler.trajectories import build_trajectories, identity_areas
+from shoal.blobs import BlobTable
+from shoal.learning import IdentifierClient, IdentityReply, IdentityRequest, Progress
+from shoal.votes import fragment_votes, p1_from_votes
+
+
+@dataclass
+class TrackResult:
+    trajectories: np.ndarray  # float64 [F, N, 2], NaN where unknown
+    id_probabilities: np.ndarray  # float64 [F, N, 1], P2 of the blob's identity, NaN where none
+    areas: np.ndarray  # float64 [F, N], area of each identity's own blob, NaN where none
+    blob_identity: np.ndarray  # int64 [n blobs], -1 for crossings and unidentified blobs
+    is_crossing: np.ndarray  # bool [n blobs]
+    fragment_identity: np.ndarray  # int64 [n fragments]
+    n_animals: int
+    n_fragments: int
+    n_global_fragments: int
+    estimated_accuracy: float | None  # None without identities
+    silhouette: float
+    method: str  # identity route the identifier used, "single animal" or "no identities"
+    velocity_threshold: float  # px/frame
+    ratio_accumulated: float = float("nan")
+    n_jumps_corrected: int = 0
+    n_positions_interpolated: int = 0
+    warnings: list[str] = field(default_factory=list)  # what the user should look at
+    notes: list[str] = field(default_factory=list)  # how the run went
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+
+
+def track(
+    table: BlobTable,
+    links: np.ndarray,
+    n_frames: int,
+    n_animals: int,
+    identifier: IdentifierClient | None,
+    *,
+    identities: bool = True,
+    method: str = "contrastive",
+    seed: int = 0,
+    progress: Progress | None = None,
+    first_frame: int = 0,
+) -> TrackResult:
+    """Track the blobs of frames ``[first_frame, first_frame + n_frames)`` of one video.
+
+    ``links`` are the overlap-graph links (table rows, see :mod:`services.assembler.overlap`). Image
+    ids sent to the identifier are table rows. ``identifier`` may be None when ``identities`` is
+    False or there is one animal. With ``identities=False`` and ``n_animals <= 0`` the number of
+    slots is the most blobs seen in a frame.
+    """
+    warnings: list[str] = []
+    notes: list[str] = []
+    timings: dict[str, float] = {}
+
+    @contextmanager
+    def stage(name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        timings[name] = time.perf_counter() - start
+        if progress is not None:
+            progress(name, 1.0, {})
+
+    if not identities and n_animals <= 0:
+        n_animals = max(max_blobs_per_frame(table), 1)
+    if n_animals < 1:
+        raise ValueError("the number of animals must be at least 1")
+    per_frame = blobs_per_frame_of_blob(table)
+    if np.any(per_frame > n_animals):
+        n_bad = len(np.unique(table.frame[per_frame > n_animals]))
+        warnings.append(
+            f"{n_bad} frames hold more blobs than the {n_animals} animals: check the segmentation "
+            "(intensity and area thresholds, ROI)"
+        )
+    if identities and n_animals > 1 and identifier is None:
+        raise ValueError("tracking with identities needs an identifier")
+
+    with stage("Crossing detection"):
+        is_crossing = classify_crossings(table, links, n_animals, identifier, seed, notes, progress)
+    with stage("Fragmentation"):
+        fragments, blob_fragment = build_fragments(table, links, is_crossing)
+        neighbours = coexistence(fragments)
+        global_fragments = find_global_fragments(
+            fragments, blob_fragment, table, n_animals, n_frames, first_frame
+        )
+    threshold = velocity_threshold(fragments, table)
+    k = len(fragments)
+    assignment = Assignment(identity=np.full(k, -1, np.int64), p2=np.zeros((k, n_animals)))
+    silhouette, ratio_accumulated = float("nan"), float("nan")
+    corrected: list[int] = []
+
+    if not identities:
+        route = "no identities"
+        with stage("Identification"):
+            assignment.identity = assign_slots(fragments, n_animals)
+            assignment.p2[assignment.identity >= 0, assignment.identity[assignment.identity >= 0]] = 1.0
+    elif n_animals == 1:
+        route = "single animal"
+        with stage("Identification"):
+            individual = np.array([f.is_individual for f in fragments], bool)
+            assignment.identity[individual] = 0
+            assignment.p2[individual, 0] = 1.0
+    else:
+        with stage("Tracking"):
+            reply, route, p1 = _learn_identities(
+                fragments, global_fragments, n_animals, identifier, method, seed, progress, warnings, notes
+            )
+            silhouette, ratio_accumulated = reply.silhouette, reply.ratio_accumulated
+        with stage("Fragment identification"):
+            assignment = assign_identities(fragments, p1, neighbours, n_animals)
+        with stage("Impossible jumps correction"):
+            identity, corrected = correct_impossible_jumps(
+                fragments, table, assignment.identity, assignment.p2, neighbours, threshold
+            )
+            assignment = Assignment(identity=identity, p2=assignment.p2)
+
+    with stage("Trajectories creation"):
+        identity = assignment.identity
+        blob_identity = identity[blob_fragment] if k else np.zeros(0, np.int64)
+        blob_probability = assignment.p2[blob_fragment, np.maximum(blob_identity, 0)] if k else np.zeros(0)
+        trajectories, id_probabilities = build_trajectories(
+            table, blob_identity, n_frames, n_animals, first_frame, blob_probability
+        )
+        areas = identity_areas(table, blob_identity, n_frames, n_animals, first_frame)
+    n_filled = 0
+    if identities and n_animals > 1:
+        with stage("Crossings solver"):
+            reach = max(threshold if np.isfinite(threshold) else 0.0, _half_body_length(table, n_animals))
+            trajectories, filled = interpolate_crossings(
+                trajectories, table, blob_identity, first_frame, max_snap_distance=reach
+            )
+            n_filled = int(filled.sum())
+
+    accuracy: float | None = None  # slots carry no identity to be right about
+    if identities:
+        accuracy = estimated_accuracy(fragments, assignment) if n_animals > 1 else 1.0
+    return TrackResult(
+        trajectories=trajectories,
+        id_probabilities=id_probabilities,
+        areas=areas,
+        blob_identity=blob_identity,
+        is_crossing=is_crossing,
+        fragment_identity=assignment.identity,
+        n_animals=n_animals,
+        n_fragments=k,
+        n_global_fragments=len(global_fragments),
+        estimated_accuracy=accuracy,
+        silhouette=silhouette,
+        method=route,
+        velocity_threshold=threshold,
+        ratio_accumulated=ratio_accumulated,
+        n_jumps_corrected=len(corrected),
+        n_positions_interpolated=n_filled,
+        warnings=warnings,
+        notes=notes,
+        timings=timings,
+    )
+
+
+def identity_request(
+    fragments: list[Fragment],
+    global_fragments: list[GlobalFragment],
+    n_animals: int,
+    method: str,
+    seed: int,
+) -> tuple[IdentityRequest, np.ndarray]:
+    """The request for every individual fragment (request fragment r is fragment ``order[r]``).
+
+    Global fragments go in order of decreasing minimum distance travelled, so row 0 is the paper's
+    first global fragment (the one whose animals moved most); only those whose shortest fragment has
+    enough images to train on (accumulable) are sent.
+    """
+    order = np.array([f.index for f in fragments if f.is_individual], np.int64)
+    position = np.full(len(fragments), -1, np.int64)
+    position[order] = np.arange(len(order))
+    rows = [fragments[i].rows for i in order]
+    offsets = np.concatenate([[0], np.cumsum([len(r) for r in rows])]).astype(np.int64)
+    frames = np.array([[fragments[i].start_frame, fragments[i].end_frame] for i in order], np.int64)
+    ranked = sorted((g for g in global_fragments if g.accumulable), key=lambda g: -g.min_distance_travelled)
+    members = np.array([position[list(g.fragments)] for g in ranked], np.int64)
+    request = IdentityRequest(
+        n_animals=n_animals,
+        fragment_offsets=offsets,
+        fragment_ids=np.concatenate(rows).astype(np.int64) if rows else np.zeros(0, np.int64),
+        fragment_frames=frames.reshape(-1, 2),
+        global_fragments=members.reshape(-1, n_animals),
+        method=method,
+        seed=seed,
+    )
+    return request, order
+
+
+def _learn_identities(
+    fragments: list[Fragment],
+    global_fragments: list[GlobalFragment],
+    n_animals: int,
+    identifier: IdentifierClient,
+    method: str,
+    seed: int,
+    progress: Progress | None,
+    warnings: list[str],
+    notes: list[str],
+) -> tuple[IdentityReply, str, np.ndarray]:
+    """Ask the identifier for per-image probabilities; return (reply, route, P1 [k, N])."""
+    request, order = identity_request(fragments, global_fragments, n_animals, method, seed)
+    p1 = np.full((len(fragments), n_animals), 1.0 / n_animals)
+    if len(order) == 0:
+        warnings.append("no animal was ever seen alone: no identities")
+        return IdentityReply(probabilities=np.zeros((0, n_animals)), method=method), method, p1
+    if len(global_fragments) == 0:
+        warnings.append("no frame shows every animal apart (no global fragment)")
+    reply = identifier.learn_identities(request, progress)
+    notes.extend(reply.notes)
+    probabilities = np.asarray(reply.probabilities, np.float64)
+    if probabilities.shape != (len(request.fragment_ids), n_animals):
+        raise ValueError(
+            f"identifier returned probabilities of shape {probabilities.shape}, "
+            f"expected {(len(request.fragment_ids), n_animals)}"
+        )
+    counts, _ = fragment_votes(probabilities, request.fragment_offsets)
+    p1[order] = p1_from_votes(counts)
+    return reply, reply.method, p1
+
+
+def _half_body_length(table: BlobTable, n_animals: int) -> float:
+    """Half the median bounding-box diagonal of single animals: how far a snap may reach at least."""
+    if len(table) == 0:
+        return 0.0
+    single = blobs_per_frame_of_blob(table) == n_animals
+    boxes = table.bbox[single] if np.any(single) else table.bbox
+    return 0.5 * float(np.median(np.hypot(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])))

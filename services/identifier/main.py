@@ -1,0 +1,160 @@
+"""``shoal-identifier``: stores each job's identification images and answers the assembler's
+training and prediction requests (GPU when present, CPU otherwise, same code).
+
+Sockets: ``batches`` (PULL, small high-water mark: a busy identifier slows the segmenters),
+``requests`` (ROUTER: assemblers' DEALERs), and the control DEALER to the gateway.
+"""
+
+from __future__ import annotations
+
+import queue
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import zmq
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+from shoal.codec import Message, pack, unpack
+from shoal.config import parse_config, setup_logging
+from shoal.learning import CrossingRequest, IdentityRequest
+from shoal.transport import DATA_HWM, ControlChannel, bind, make_socket, recv, send
+
+from .image_store import ImageStore
+from .learning import LocalIdentifier
+from .networks import pick_device
+
+CROPS_STORED = Counter("shoal_crops_stored_total", "Identification images received and stored")
+BATCHES = Counter("shoal_blob_batches_total", "Blob batches received, by outcome", ["outcome"])
+REQUEST_SECONDS = Histogram("shoal_identifier_request_duration_seconds", "Time to answer a request", ["kind"],
+                            buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800))
+GPU_MEMORY = Gauge("shoal_gpu_memory_bytes", "GPU memory allocated by the identifier")
+
+
+@dataclass
+class IdentifierConfig:
+    gateway: str = field(default="tcp://127.0.0.1:5555", metadata={"help": "gateway control endpoint"})
+    batches: str = field(default="tcp://0.0.0.0:5556", metadata={"help": "endpoint for blob batches (port 0 = any)"})
+    requests: str = field(default="tcp://0.0.0.0:5557", metadata={"help": "endpoint for assembler requests"})
+    store: str = field(default="/data/.shoal/store", metadata={"help": "image store root on the data volume"})
+    device: str = field(default="", metadata={"help": "torch device (default: cuda if available, else cpu)"})
+    threads: int = field(default=0, metadata={"help": "CPU threads for torch (0 = torch's default)"})
+    metrics_port: int = field(default=9102, metadata={"help": "Prometheus /metrics port (0 = any free, -1 = off)"})
+
+
+class Identifier:
+    def __init__(self, cfg: IdentifierConfig, log):
+        self.cfg, self.log = cfg, log
+        self.ctx = zmq.Context.instance()
+        self.batches = make_socket(self.ctx, zmq.PULL, hwm=DATA_HWM)
+        self.requests = make_socket(self.ctx, zmq.ROUTER)
+        endpoints = {"batches": bind(self.batches, cfg.batches), "requests": bind(self.requests, cfg.requests)}
+        self.control = ControlChannel(self.ctx, cfg.gateway, "identifier", endpoints)
+        self.device = pick_device(cfg.device or None)
+        self.pushers: dict[str, zmq.Socket] = {}
+        self.inbox: queue.Queue[tuple[bytes, Message] | None] = queue.Queue()
+        self.outbox: queue.Queue[tuple[bytes, Message]] = queue.Queue()
+        self.stopping = False
+        threading.Thread(target=self._serve_requests, name="requests", daemon=True).start()
+        log.info("identifier %s on %s; batches %s, requests %s", self.control.worker_id, self.device,
+                 endpoints["batches"], endpoints["requests"])
+
+    def store(self, job: str) -> ImageStore:
+        return ImageStore(Path(self.cfg.store) / job)
+
+    def run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.batches, zmq.POLLIN)
+        poller.register(self.requests, zmq.POLLIN)
+        while not self.stopping:
+            msg = self.control.poll(0)
+            if msg is not None and msg.type == "close_job":
+                self.store(msg["job"]).delete()
+            ready = dict(poller.poll(200))
+            if self.batches in ready:
+                self.on_batch(recv(self.batches)[1])
+            if self.requests in ready:
+                self.inbox.put(recv(self.requests, routed=True))
+            while not self.outbox.empty():
+                route, reply = self.outbox.get()
+                send(self.requests, reply, route=route)
+        self.inbox.put(None)
+        for sock in (*self.pushers.values(), self.batches, self.requests):
+            sock.close(linger=500)
+        self.control.close()
+
+    def on_batch(self, msg: Message) -> None:
+        job, chunk = msg["job"], msg["chunk"]
+        store = self.store(job)
+        crops = msg.arrays.pop("crops")
+        if store.has(chunk):
+            BATCHES.labels("duplicate").inc()
+        else:
+            store.put(chunk, crops)
+            CROPS_STORED.inc(len(crops))
+            BATCHES.labels("stored").inc()
+        body = {k: msg[k] for k in ("job", "chunk", "attempt", "start", "stop", "n_chunks")}
+        send(self._pusher(msg["assembler"]), Message("chunk_geometry", body, msg.arrays))
+
+    def _serve_requests(self) -> None:
+        """Training and prediction run here, one request at a time, off the socket-owning thread."""
+        while (item := self.inbox.get()) is not None:
+            self.on_request(*item)
+
+    def on_request(self, route: bytes, req: Message) -> None:
+        t0 = time.perf_counter()
+        job = req["job"]
+
+        def progress(stage: str, fraction: float, figures: dict) -> None:
+            self.outbox.put((route, Message("progress", {"job": job, "stage": stage, "fraction": fraction,
+                                                         "figures": figures})))
+
+        try:
+            identifier = LocalIdentifier(self.store(job).images(req["n_chunks"]), str(self.device))
+            if req.type == "classify_crossings":
+                reply = pack("crossing_result", identifier.classify_crossings(unpack(req, CrossingRequest), progress))
+            elif req.type == "learn_identities":
+                reply = pack("identity_result", identifier.learn_identities(unpack(req, IdentityRequest), progress))
+            else:
+                reply = Message("error", {"error": f"unknown request {req.type!r}"})
+        except Exception as exc:
+            self.log.exception("request %s of job %s failed", req.type, job)
+            reply = Message("error", {"error": f"identifier failed on {req.type}: {exc}"})
+        reply.body["job"] = job
+        self.outbox.put((route, reply))
+        REQUEST_SECONDS.labels(req.type).observe(time.perf_counter() - t0)
+        if self.device.type == "cuda":
+            GPU_MEMORY.set(torch.cuda.max_memory_allocated())
+
+    def _pusher(self, endpoint: str) -> zmq.Socket:
+        if endpoint not in self.pushers:
+            sock = make_socket(self.ctx, zmq.PUSH, hwm=DATA_HWM)
+            sock.connect(endpoint)
+            self.pushers[endpoint] = sock
+        return self.pushers[endpoint]
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_config(IdentifierConfig, argv, "Shoal identifier: image store, crossing detector, identities")
+    log = setup_logging("identifier")
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    if cfg.metrics_port >= 0:
+        start_http_server(cfg.metrics_port)
+    worker = Identifier(cfg, log)
+
+    def stop(*_):
+        worker.stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    worker.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,338 @@
+"""The ``shoal`` command.
+
+``shoal track`` and ``shoal demo`` run everything locally (the services as child processes on
+loopback); ``shoal serve`` keeps such a set running; ``submit``/``watch``/``jobs``/``cancel``/
+``fetch`` talk to any gateway; ``simulate`` and ``evaluate`` make and score test videos.
+Usage errors print one line and exit with 2; a failed job prints its error and exits with 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+
+from shoal.params import ParamError, TrackingParams
+
+EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
+DEFAULT_GATEWAY = os.environ.get("SHOAL_GATEWAY", "127.0.0.1:50051")
+
+
+class UsageError(Exception):
+    pass
+
+
+def _add_tracking_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("tracking parameters (idtracker.ai names in --params files)")
+    g.add_argument("--params", metavar="FILE.toml", help="idtracker.ai-style parameter file; flags override it")
+    g.add_argument("--animals", type=int, help="number of animals (number_of_animals)")
+    g.add_argument("--intensity", type=float, nargs=2, metavar=("LO", "HI"),
+                   help="foreground intensity range; with --bkg, LO is the difference threshold "
+                        "(default: chosen from the video)")
+    g.add_argument("--area", type=float, nargs=2, metavar=("MIN", "MAX"), help="blob area range in pixels")
+    g.add_argument("--roi", action="append", metavar="SHAPE",
+                   help='region of interest, e.g. "+ Polygon [[0,0],[500,0],[500,500]]"; repeatable')
+    g.add_argument("--bkg", action="store_true", help="background subtraction (use_bkg)")
+    g.add_argument("--intervals", type=int, nargs="+", metavar="F",
+                   help="tracking intervals as start end [start end ...] (end exclusive)")
+    g.add_argument("--no-identities", action="store_true", help="track without identities (track_wo_identities)")
+    g.add_argument("--method", choices=["contrastive", "accumulation"], help="identity learning route")
+    g.add_argument("--seed", type=int, help="random seed (same seed, same CPU result)")
+    g.add_argument("--formats", nargs="+", help="trajectories_formats: npy h5 csv csv_tidy")
+
+
+def build_params(args: argparse.Namespace, videos: list[str]) -> TrackingParams:
+    base = TrackingParams.from_toml(args.params).to_dict() if args.params else {}
+    base.pop("video_paths", None)
+    overrides = {
+        "number_of_animals": args.animals, "intensity_ths": args.intensity, "area_ths": args.area,
+        "roi_list": args.roi, "use_bkg": True if args.bkg else None, "method": args.method, "seed": args.seed,
+        "track_wo_identities": True if args.no_identities else None, "trajectories_formats": args.formats,
+    }
+    if args.intervals:
+        if len(args.intervals) % 2:
+            raise ParamError("tracking_intervals", "--intervals needs pairs of frames: start end [start end ...]")
+        overrides["tracking_intervals"] = list(zip(args.intervals[::2], args.intervals[1::2], strict=True))
+    params = TrackingParams.from_dict({**base, **{k: v for k, v in overrides.items() if v is not None},
+                                       "video_paths": [str(Path(v).resolve()) for v in videos]})
+    return params.validate()
+
+
+def _check_locally(params: TrackingParams) -> None:
+    """Catch bad input before starting any service: one clear line instead of a failed job."""
+    from services.segmenter.roi import RoiError, roi_mask
+    from shoal.video import VideoError, probe_video
+
+    try:
+        info = probe_video(params.video_paths)
+        if params.roi_list:
+            roi_mask(params.roi_list, info.width, info.height)
+    except (VideoError, RoiError) as exc:
+        raise UsageError(str(exc)) from None
+    for start, end in params.tracking_intervals or []:
+        if end > info.n_frames:
+            raise UsageError(f"tracking interval [{start}, {end}) ends after the video's {info.n_frames} frames")
+
+
+def cmd_track(args: argparse.Namespace) -> int:
+    params = build_params(args, args.videos)
+    _check_locally(params)
+    first = Path(params.video_paths[0])
+    out = Path(args.out).resolve() if args.out else first.parent / f"session_{first.stem}"
+    job = run_local(params, out, args.segmenters, quiet=args.quiet)
+    return report(job, out)
+
+
+def run_local(params: TrackingParams, out: Path, segmenters: int | None, quiet: bool = False):
+    """Start the services, run one job through the gateway, stop everything. Returns the final Job."""
+    from shoal.client import Client, follow
+    from shoal.local import LocalCluster
+
+    work = Path(tempfile.mkdtemp(prefix="shoal-local-"))
+    cluster = LocalCluster(Path("/"), work, segmenters)
+    interrupted = False
+    job = None
+
+    def on_sigint(*_):
+        nonlocal interrupted
+        interrupted = True
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    signal.signal(signal.SIGTERM, on_sigint)
+    try:
+        cluster.start()
+        if not quiet:
+            print(f"shoal: services started ({cluster.segmenters} segmenter(s), 1 identifier, 1 assembler; "
+                  f"logs in {cluster.log_path})", file=sys.stderr)
+        client = Client(cluster.grpc_address)
+        client.wait_ready()
+        job = client.submit(params, output_dir=str(out))
+        job = follow(client, job.job_id, quiet=quiet)
+        client.close()
+        return job
+    except KeyboardInterrupt:
+        print("\nshoal: interrupted; stopping the services", file=sys.stderr)
+        raise
+    finally:
+        cluster.stop()
+        signal.signal(signal.SIGINT, previous)
+        from shoal.v1 import jobs_pb2 as pb
+
+        if job is not None and job.state == pb.SUCCEEDED:
+            _cleanup(work)
+        else:
+            print(f"shoal: service logs kept in {cluster.log_path}", file=sys.stderr)
+
+
+def _cleanup(work: Path) -> None:
+    import shutil
+
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def report(job, out: Path) -> int:
+    from shoal.v1 import jobs_pb2 as pb
+
+    for w in job.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    if job.state != pb.SUCCEEDED:
+        print(f"shoal: job {pb.JobState.Name(job.state).lower()}: {job.error}", file=sys.stderr)
+        return EXIT_FAILED
+    f = dict(job.figures)
+    acc = f.get("estimated_accuracy")
+    print(f"tracked {int(f.get('frames', 0))} frames: {int(f.get('animals', 0))} animals, "
+          f"{int(f.get('blobs', 0))} blobs, {int(f.get('fragments', 0))} fragments"
+          + (f", estimated accuracy {acc:.4f}" if acc is not None and math.isfinite(acc) else ""))
+    print(f"session folder: {out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from shoal.evaluate import evaluate, load_predictions
+    from shoal.simulate import SimulationConfig, write_simulation
+
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    config = SimulationConfig(n_animals=args.animals, n_frames=args.frames, preset=args.preset, seed=args.seed)
+    print(f"shoal demo: simulating {args.animals} {args.preset} x {args.frames} frames (seed {args.seed})")
+    files = write_simulation(config, out / "video")
+    params = TrackingParams(video_paths=[str(files["video"])], number_of_animals=args.animals, seed=args.seed,
+                            track_wo_identities=args.no_identities).validate()
+    session = out / "session"
+    t0 = time.perf_counter()
+    job = run_local(params, session, args.segmenters)
+    wall = time.perf_counter() - t0
+    status = report(job, session)
+    if status:
+        return status
+    import numpy as np
+
+    truth = np.load(files["ground_truth"])
+    scores = evaluate(truth["positions"], truth["touching"], float(truth["body_length"]), load_predictions(session))
+    print(f"wall time {wall:.1f} s ({args.frames / wall:.1f} frames/s end to end)")
+    print(f"against the simulator's ground truth: identity accuracy {scores.accuracy:.4f} "
+          f"(incl. touching {scores.accuracy_all:.4f}), IDF1 {scores.idf1:.4f}, "
+          f"identity switches {scores.id_switches}, detection {scores.detection_rate:.4f}")
+    print(f"video and ground truth: {out / 'video'}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from shoal.local import LocalCluster
+
+    data = Path(args.data_root).resolve()
+    if not data.is_dir():
+        raise UsageError(f"data root {data} is not a directory")
+    cluster = LocalCluster(data, data / ".shoal", args.segmenters)
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    try:
+        cluster.start()
+        print(f"shoal serve: gateway on {cluster.grpc_address} (data root {data}); Ctrl-C stops", flush=True)
+        while not stop:
+            dead = [n for n, ok in cluster.alive().items() if not ok]
+            if dead:
+                print(f"shoal serve: {', '.join(dead)} exited; see {cluster.log_path}", file=sys.stderr)
+                return EXIT_FAILED
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        cluster.stop()
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from shoal.client import Client, follow, format_job
+
+    params = build_params(args, args.videos)
+    client = Client(args.gateway)
+    job = client.submit(params, output_dir=args.out or "", name=args.name or "")
+    print(job.job_id)
+    if args.watch:
+        job = follow(client, job.job_id)
+        print(format_job(job))
+    return 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from shoal.client import Client, follow, format_job
+
+    job = follow(Client(args.gateway), args.job)
+    print(format_job(job))
+    if job.error:
+        print(f"error: {job.error}", file=sys.stderr)
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from shoal.client import Client, format_job
+    from shoal.v1 import jobs_pb2 as pb
+
+    state = pb.JobState.Value(args.state.upper()) if args.state else 0
+    for job in Client(args.gateway).list(state):
+        print(format_job(job))
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from shoal.client import Client, format_job
+
+    print(format_job(Client(args.gateway).cancel(args.job)))
+    return 0
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from shoal.client import Client, write_result
+
+    written = write_result(Client(args.gateway).result(args.job), Path(args.out))
+    print(f"session folder: {Path(args.out).resolve()} ({', '.join(sorted(written))})")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="shoal", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("track", help="track videos locally (starts the services itself)")
+    t.add_argument("videos", nargs="+", help="video file(s); several files form one session")
+    t.add_argument("--out", help="session folder (default: session_<video name> beside the video)")
+    t.add_argument("--segmenters", type=int, help="segmenter processes (default: cores - 1)")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_tracking_flags(t)
+    t.set_defaults(func=cmd_track)
+
+    d = sub.add_parser("demo", help="simulate a short video, track it locally, score it against the truth")
+    d.add_argument("--out", default="shoal-demo", help="folder for the video, truth and session")
+    d.add_argument("--animals", type=int, default=4)
+    d.add_argument("--frames", type=int, default=600)
+    d.add_argument("--preset", default="fish", choices=["fish", "flies", "mice"])
+    d.add_argument("--seed", type=int, default=1)
+    d.add_argument("--segmenters", type=int)
+    d.add_argument("--no-identities", action="store_true")
+    d.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("serve", help="run a local gateway and workers until Ctrl-C")
+    s.add_argument("--data-root", default=".", help="jobs may read and write only under this folder")
+    s.add_argument("--segmenters", type=int)
+    s.set_defaults(func=cmd_serve)
+
+    sb = sub.add_parser("submit", help="submit a job to a gateway; prints its id")
+    sb.add_argument("videos", nargs="+", help="video paths as the gateway sees them")
+    sb.add_argument("--out", help="session folder on the gateway's data volume")
+    sb.add_argument("--name")
+    sb.add_argument("--watch", action="store_true", help="then follow it to the end")
+    _add_tracking_flags(sb)
+    sb.set_defaults(func=cmd_submit)
+
+    for name, func, help_ in (("watch", cmd_watch, "follow a job's progress"),
+                              ("cancel", cmd_cancel, "cancel a job")):
+        c = sub.add_parser(name, help=help_)
+        c.add_argument("job")
+        c.set_defaults(func=func)
+    j = sub.add_parser("jobs", help="list jobs")
+    j.add_argument("--state", choices=["queued", "running", "succeeded", "failed", "cancelled"])
+    j.set_defaults(func=cmd_jobs)
+    f = sub.add_parser("fetch", help="write a finished job's session folder locally")
+    f.add_argument("job")
+    f.add_argument("--out", required=True)
+    f.set_defaults(func=cmd_fetch)
+    for c in (sb, sub.choices["watch"], sub.choices["cancel"], j, f):
+        c.add_argument("--gateway", default=DEFAULT_GATEWAY, help="gateway address host:port [SHOAL_GATEWAY]")
+
+    for name, module in (("simulate", "shoal.simulate"), ("evaluate", "shoal.evaluate")):
+        sub.add_parser(name, help=f"see shoal {name} --help", add_help=False).set_defaults(module=module)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("simulate", "evaluate"):
+        import importlib
+
+        return importlib.import_module(f"shoal.{argv[0]}").main(argv[1:])
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ParamError, UsageError) as exc:
+        print(f"shoal: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except grpc.RpcError as exc:
+        print(f"shoal: {exc.code().name.lower()}: {exc.details()}", file=sys.stderr)
+        return EXIT_USAGE if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
+                                            grpc.StatusCode.PERMISSION_DENIED,
+                                            grpc.StatusCode.FAILED_PRECONDITION) else EXIT_FAILED
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

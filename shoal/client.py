@@ -1,0 +1,146 @@
+"""A small Python client of the gateway's gRPC API (what the CLI uses; docs/api.md shows it)."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from shoal.params import TrackingParams
+from shoal.v1 import jobs_pb2 as pb
+from shoal.v1 import jobs_pb2_grpc as pb_grpc
+
+#: TrackingParams fields with a typed field in the proto message; the rest travel in ``extra``
+_TYPED = {"number_of_animals", "intensity_ths", "area_ths", "roi_list", "use_bkg", "background_subtraction_stat",
+          "tracking_intervals", "track_wo_identities", "exclusive_rois", "resolution_reduction", "id_image_size",
+          "check_segmentation", "trajectories_formats", "method", "seed", "frames_per_episode"}
+_DEFAULTS = TrackingParams().to_dict()
+
+
+def params_to_proto(params: TrackingParams) -> pb.TrackingParams:
+    d = params.to_dict()
+    m = pb.TrackingParams(
+        number_of_animals=params.number_of_animals, roi_list=params.roi_list or [], use_bkg=params.use_bkg,
+        background_subtraction_stat=params.background_subtraction_stat,
+        track_wo_identities=params.track_wo_identities, exclusive_rois=params.exclusive_rois,
+        check_segmentation=params.check_segmentation, trajectories_formats=params.trajectories_formats,
+        method=params.method, seed=params.seed, frames_per_episode=params.frames_per_episode,
+        tracking_intervals=[pb.Interval(start=a, end=b) for a, b in params.tracking_intervals or []],
+    )
+    if params.intensity_ths is not None:
+        m.intensity_ths.extend(params.intensity_ths)
+    if params.area_ths is not None:
+        m.area_ths.extend(params.area_ths)
+    if params.resolution_reduction is not None:
+        m.resolution_reduction = params.resolution_reduction
+    if params.id_image_size is not None:
+        m.id_image_size = params.id_image_size
+    for key, value in d.items():
+        if key not in _TYPED and key not in ("video_paths", "output_dir") and value != _DEFAULTS[key]:
+            m.extra[key] = json.dumps(value)
+    return m
+
+
+class Client:
+    def __init__(self, address: str, token: str | None = None):
+        self.channel = grpc.insecure_channel(address)
+        self.stub = pb_grpc.JobServiceStub(self.channel)
+        self.metadata = [("authorization", f"Bearer {token}")] if token else None
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        grpc.channel_ready_future(self.channel).result(timeout=timeout)
+
+    def submit(self, params: TrackingParams, output_dir: str = "", name: str = "") -> pb.Job:
+        request = pb.SubmitJobRequest(video_paths=params.video_paths, params=params_to_proto(params),
+                                      output_dir=output_dir, name=name)
+        return self.stub.SubmitJob(request, metadata=self.metadata)
+
+    def get(self, job_id: str) -> pb.Job:
+        return self.stub.GetJob(pb.JobRef(job_id=job_id), metadata=self.metadata)
+
+    def cancel(self, job_id: str) -> pb.Job:
+        return self.stub.CancelJob(pb.JobRef(job_id=job_id), metadata=self.metadata)
+
+    def list(self, state: int = 0, page_size: int = 50) -> Iterator[pb.Job]:
+        token = ""
+        while True:
+            page = self.stub.ListJobs(pb.ListJobsRequest(state=state, page_size=page_size, page_token=token),
+                                      metadata=self.metadata)
+            yield from page.jobs
+            if not page.next_page_token:
+                return
+            token = page.next_page_token
+
+    def watch(self, job_id: str) -> Iterator[pb.JobEvent]:
+        return self.stub.WatchJob(pb.JobRef(job_id=job_id), metadata=self.metadata)
+
+    def result(self, job_id: str) -> dict:
+        """The trajectories dict of a succeeded job (as ``trajectories.npy`` holds it) + ``session``."""
+        chunks = self.stub.GetResult(pb.JobRef(job_id=job_id), metadata=self.metadata)
+        head = next(chunks)
+        n, m = head.n_frames, head.n_animals
+        traj = np.full((n, m, 2), np.nan)
+        prob = np.full((n, m, 1), np.nan)
+        for c in chunks:
+            rows = len(c.trajectories) // (2 * m) if m else 0
+            traj[c.first_frame : c.first_frame + rows] = np.asarray(c.trajectories).reshape(rows, m, 2)
+            prob[c.first_frame : c.first_frame + rows] = np.asarray(c.id_probabilities).reshape(rows, m, 1)
+        result = json.loads(head.attributes_json)
+        result.update(trajectories=traj, id_probabilities=prob, session=json.loads(head.session_json))
+        return result
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+STATE_NAMES = {v: k for k, v in pb.JobState.items()}
+
+
+def follow(client: Client, job_id: str, *, quiet: bool = False) -> pb.Job:
+    """Watch a job to its end, with a progress bar per stage; reconnects if the stream drops."""
+    from tqdm import tqdm
+
+    bars: dict[str, tqdm] = {}
+    job = client.get(job_id)
+    while True:
+        try:
+            for event in client.watch(job_id):
+                job = event.job
+                if not quiet:
+                    for stage in job.stages:
+                        bar = bars.get(stage.stage)
+                        if bar is None:
+                            bar = bars[stage.stage] = tqdm(total=100, desc=f"{stage.stage:>11}", unit="%",
+                                                           file=sys.stderr, leave=True,
+                                                           bar_format="{desc} |{bar}| {n:3.0f}% {elapsed}")
+                        bar.n = round(100 * stage.fraction, 1)
+                        bar.refresh()
+                if event.final:
+                    for bar in bars.values():
+                        bar.close()
+                    return job
+        except grpc.RpcError as exc:
+            if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+                raise
+            time.sleep(1.0)  # the gateway restarted: jobs are durable, so watch again
+
+
+def format_job(job: pb.Job) -> str:
+    state = STATE_NAMES.get(job.state, "?")
+    figures = " ".join(f"{k}={v:g}" for k, v in sorted(job.figures.items()) if math.isfinite(v))
+    return f"{job.job_id}  {state:<9} {job.stage:<11} {100 * job.fraction:5.1f}%  {job.name}  {figures}"
+
+
+def write_result(result: dict, out_dir: Path, formats: list[str] | None = None) -> dict[str, Path]:
+    """Write a fetched result as the same session folder the job wrote."""
+    from services.assembler.outputs import write_session
+
+    session = result.pop("session")
+    formats = formats or session.get("parameters", {}).get("trajectories_formats") or ["npy", "h5", "csv"]
+    return write_session(out_dir, {**result, "session": session}, formats=tuple(formats))

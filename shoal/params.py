@@ -1,0 +1,168 @@
+"""Tracking parameters, named as idtracker.ai names them so labs can bring their TOML files.
+
+One dataclass holds everything a job needs; it is built from CLI flags, a TOML file or the gRPC
+message, validated in one place, and travels between services as a plain dict.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+METHODS = ("contrastive", "accumulation")
+TRAJECTORY_FORMATS = ("npy", "h5", "csv", "csv_tidy")
+BACKGROUND_STATS = ("median", "mean", "max", "min")
+
+#: idtracker.ai keys that Shoal reads but that have no effect here (GUI or storage details).
+IGNORED_KEYS = {"bounding_box_images_in_ram", "data_policy", "number_of_parallel_workers", "name"}
+
+
+class ParamError(ValueError):
+    """A parameter is missing, unknown or out of range; ``field`` names it."""
+
+    def __init__(self, field_name: str, message: str):
+        super().__init__(f"{field_name}: {message}")
+        self.field = field_name
+
+
+@dataclass
+class TrackingParams:
+    """Parameters of one tracking job (idtracker.ai v6 names where they exist).
+
+    ``intensity_ths``: without background subtraction a pixel is foreground when
+    ``lo <= value <= hi``; with it (``use_bkg``) when ``|background - value| > lo``.
+    ``area_ths``: blob area range in pixels (``inf`` allowed as upper bound).
+    Either left as None is chosen from the video (background subtraction, see
+    ``services/segmenter/auto_thresholds.py``).
+    ``tracking_intervals``: ``[[start, end), ...]`` in global frame numbers, or None for all.
+    """
+
+    video_paths: list[str] = field(default_factory=list)
+    number_of_animals: int = 0
+    intensity_ths: tuple[float, float] | None = None
+    area_ths: tuple[float, float] | None = None
+    roi_list: list[str] | None = None
+    use_bkg: bool = False
+    background_subtraction_stat: str = "median"
+    number_of_frames_for_background: int = 50
+    tracking_intervals: list[tuple[int, int]] | None = None
+    track_wo_identities: bool = False
+    exclusive_rois: bool = False
+    resolution_reduction: float | None = None
+    id_image_size: int | None = None
+    check_segmentation: bool = False
+    trajectories_formats: list[str] = field(default_factory=lambda: ["npy", "h5", "csv"])
+    frames_per_episode: int = 500
+    output_dir: str | None = None
+    knowledge_transfer_folder: str | None = None
+    setup_points: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    identities_labels: list[str] | None = None
+    # Shoal's own
+    method: str = "contrastive"
+    seed: int = 0
+
+    def validate(self) -> TrackingParams:
+        """Check ranges; raise ParamError naming the first bad field. Returns self."""
+        if not self.video_paths:
+            raise ParamError("video_paths", "no video given")
+        if self.number_of_animals < 0:
+            raise ParamError("number_of_animals", f"must be >= 1, got {self.number_of_animals}")
+        if self.number_of_animals == 0 and not self.track_wo_identities:
+            raise ParamError("number_of_animals", "required (>= 1) unless tracking without identities")
+        if self.intensity_ths is not None:
+            lo, hi = self.intensity_ths
+            if not (0 <= lo <= 255 and 0 <= hi <= 255) or (lo > hi and not self.use_bkg):
+                raise ParamError("intensity_ths", f"need 0 <= lo <= hi <= 255, got [{lo}, {hi}]")
+        if self.area_ths is not None:
+            amin, amax = self.area_ths
+            if amin < 0 or amax < amin:
+                raise ParamError("area_ths", f"need 0 <= min <= max, got [{amin}, {amax}]")
+        if self.background_subtraction_stat not in BACKGROUND_STATS:
+            raise ParamError("background_subtraction_stat", f"must be one of {', '.join(BACKGROUND_STATS)}")
+        if self.number_of_frames_for_background < 1:
+            raise ParamError("number_of_frames_for_background", "must be >= 1")
+        for i, iv in enumerate(self.tracking_intervals or []):
+            if len(iv) != 2 or iv[0] < 0 or iv[1] <= iv[0]:
+                raise ParamError("tracking_intervals", f"interval {i} must be [start, end) with 0 <= start < end")
+        if self.resolution_reduction is not None and not 0 < self.resolution_reduction <= 1:
+            raise ParamError("resolution_reduction", "must be in (0, 1]")
+        if self.id_image_size is not None and not 8 <= self.id_image_size <= 256:
+            raise ParamError("id_image_size", "must be between 8 and 256 pixels")
+        for f in self.trajectories_formats:
+            if f not in TRAJECTORY_FORMATS:
+                raise ParamError("trajectories_formats", f"unknown format {f!r}; use {', '.join(TRAJECTORY_FORMATS)}")
+        if self.frames_per_episode < 10:
+            raise ParamError("frames_per_episode", "must be >= 10")
+        if self.method not in METHODS:
+            raise ParamError("method", f"must be one of {', '.join(METHODS)}")
+        if self.exclusive_rois:
+            raise ParamError("exclusive_rois", "exclusive arenas are not supported yet; track each arena separately")
+        if self.knowledge_transfer_folder:
+            raise ParamError("knowledge_transfer_folder", "knowledge transfer is not supported yet")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON/msgpack-safe dict (inf encoded as None in area_ths' upper bound)."""
+        d = asdict(self)
+        if self.area_ths is not None:
+            d["area_ths"] = [self.area_ths[0], None if math.isinf(self.area_ths[1]) else self.area_ths[1]]
+        if self.intensity_ths is not None:
+            d["intensity_ths"] = list(self.intensity_ths)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrackingParams:
+        """Build from idtracker.ai-style keys (case-insensitive); unknown keys are an error."""
+        known = {f.name: f for f in fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for raw_key, value in d.items():
+            key = raw_key.lower()
+            if key in IGNORED_KEYS:
+                continue
+            if key not in known:
+                raise ParamError(raw_key, "unknown parameter")
+            if value == "":  # idtracker.ai writes "" for None
+                value = None
+            kwargs[key] = _coerce(key, value)
+        return cls(**kwargs)
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> TrackingParams:
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except OSError as exc:
+            raise ParamError("params", f"cannot read {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ParamError("params", f"{path} is not valid TOML: {exc}") from None
+        return cls.from_dict(data)
+
+
+def _coerce(key: str, value: Any) -> Any:
+    try:
+        if value is None:
+            return None
+        if key in ("intensity_ths", "area_ths"):
+            lo, hi = value
+            hi = math.inf if hi is None else float(hi)
+            return (float(lo), hi)
+        if key == "tracking_intervals":
+            return [(int(a), int(b)) for a, b in value]
+        if key in ("number_of_animals", "number_of_frames_for_background", "frames_per_episode", "seed"):
+            return int(value)
+        if key == "id_image_size":  # idtracker.ai accepts s or [s, s, 1]
+            return int(value[0] if isinstance(value, list | tuple) else value) if value != [] else None
+        if key == "resolution_reduction":
+            return float(value)
+        if key in ("video_paths", "roi_list", "trajectories_formats", "identities_labels"):
+            return [str(v) for v in ([value] if isinstance(value, str) else value)]
+        if key in ("use_bkg", "track_wo_identities", "exclusive_rois", "check_segmentation"):
+            if not isinstance(value, bool):
+                raise TypeError("expected true or false")
+            return value
+        return value
+    except (TypeError, ValueError) as exc:
+        raise ParamError(key, f"bad value {value!r} ({exc})") from None

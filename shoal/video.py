@@ -1,0 +1,297 @@
+"""Reading (and, for tests and the simulator, writing) the videos of a tracking session.
+
+A session is one or more video files played one after the other; Shoal addresses frames by a
+*global* index over the concatenation, as idtracker.ai does (method notes §2.1). This module is the
+only place that talks to OpenCV's video I/O, so the algorithm modules only ever see grey uint8
+arrays. Work is split into chunks ("episodes" in idtracker.ai) that never span two files, so every
+worker decodes from a single file and seeks once.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from itertools import pairwise
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+LOSSLESS_FOURCC: int = cv2.VideoWriter_fourcc(*"FFV1")
+"""FFV1 in an .avi container: lossless and intra-only, so frames read back bit-identical and seeking
+is exact. The canonical codec for videos Shoal writes (tests, simulator)."""
+
+UNCOMPRESSED_FOURCC: int = cv2.VideoWriter_fourcc(*"Y800")
+"""Raw 8-bit grey in .avi: also exact, about 10x faster to decode than FFV1 but twice its size or more."""
+
+LOSSLESS_SUFFIX = ".avi"
+
+FALLBACK_FPS = 25.0
+"""Frame rate assumed when a file reports none (a warning says so); only times depend on it."""
+
+_READ_FORWARD_GAP = 16
+"""sample_frames decodes forward instead of seeking when the next sample is at most this far ahead:
+decoding a few frames is cheaper than a seek, which restarts decoding at a key frame."""
+
+
+class VideoError(Exception):
+    """A video cannot be used; the message says which file and why, in words a user can act on."""
+
+
+@dataclass
+class VideoInfo:
+    """What the rest of Shoal needs to know about a session's videos."""
+
+    paths: list[str]
+    width: int
+    height: int
+    fps: float
+    n_frames: int
+    file_frames: list[int]
+    file_starts: list[int]
+    warnings: list[str] = field(default_factory=list)
+
+    def file_of(self, frame: int) -> int:
+        """Index of the file holding global frame `frame`."""
+        if not 0 <= frame < self.n_frames:
+            raise ValueError(f"frame {frame} is outside the session (0..{self.n_frames - 1})")
+        return int(np.searchsorted(self.file_starts, frame, side="right")) - 1
+
+
+def _open(path: str) -> cv2.VideoCapture:
+    if not os.path.exists(path):
+        raise VideoError(f"cannot open video {path}: file does not exist")
+    if not os.path.isfile(path):
+        raise VideoError(f"cannot open video {path}: not a regular file")
+    capture = cv2.VideoCapture(path)
+    if not capture.isOpened():
+        raise VideoError(f"cannot open video {path}: OpenCV cannot decode it (codec?)")
+    return capture
+
+
+def _to_gray(frame: np.ndarray) -> np.ndarray:
+    if frame.ndim == 2:
+        return frame
+    if frame.shape[2] == 4:
+        return cv2.cvtColor(frame, cv2.COLOR_BGRA2GRAY)
+    return cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+
+
+def _seek(capture: cv2.VideoCapture, path: str, local_frame: int) -> cv2.VideoCapture:
+    """Position `capture` so the next read returns `local_frame`.
+
+    If the container does not report the requested position after a seek, seeking is not trusted
+    and the file is decoded forward from its first frame instead (slow but exact).
+    """
+    capture.set(cv2.CAP_PROP_POS_FRAMES, local_frame)
+    if int(round(capture.get(cv2.CAP_PROP_POS_FRAMES))) == local_frame:
+        return capture
+    capture.release()
+    capture = _open(path)
+    for skipped in range(local_frame):
+        if not capture.grab():
+            capture.release()
+            raise VideoError(f"cannot decode frame {skipped} of {path}")
+    return capture
+
+
+def _probe_file(path: str) -> tuple[int, int, float, int, list[str]]:
+    """Width, height, fps, frame count and warnings of one file."""
+    capture = _open(path)
+    try:
+        n_frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+        if n_frames <= 0:
+            raise VideoError(f"cannot use video {path}: OpenCV reports {n_frames} frames (damaged file?)")
+        ok, frame = capture.read()
+        if not ok or frame is None:
+            raise VideoError(f"cannot open video {path}: OpenCV cannot decode its first frame (codec?)")
+        height, width = frame.shape[:2]
+        fps = float(capture.get(cv2.CAP_PROP_FPS))
+        warnings = []
+        if not np.isfinite(fps) or fps <= 0:
+            warnings.append(f"{path} reports no frame rate; times assume {FALLBACK_FPS:g} fps")
+            fps = FALLBACK_FPS
+        n_readable = _last_readable(capture, n_frames)
+        if n_readable != n_frames:
+            warnings.append(
+                f"{path} reports {n_frames} frames but only the first {n_readable} decode "
+                "(recording cut short?); tracking those"
+            )
+        return width, height, fps, n_readable, warnings
+    finally:
+        capture.release()
+
+
+def _last_readable(capture: cv2.VideoCapture, n_frames: int) -> int:
+    """Frame count corrected for files whose end does not decode (a recording cut short).
+
+    If the last reported frame does not decode, a binary search over seeks finds the last one that
+    does (decodable frames of a truncated file form a prefix); frame 0 is known to decode.
+    """
+    def decodes(local_frame: int) -> bool:
+        capture.set(cv2.CAP_PROP_POS_FRAMES, local_frame)
+        return capture.grab()
+
+    if decodes(n_frames - 1):
+        return n_frames
+    good, bad = 0, n_frames - 1
+    while bad - good > 1:
+        middle = (good + bad) // 2
+        good, bad = (middle, bad) if decodes(middle) else (good, middle)
+    return good + 1
+
+
+def probe_video(paths: list[str]) -> VideoInfo:
+    """Describe the session formed by `paths` played in order; raises VideoError if unusable."""
+    if not paths:
+        raise VideoError("no video given")
+    paths = [str(p) for p in paths]
+    probes = [_probe_file(path) for path in paths]
+    width, height = probes[0][0], probes[0][1]
+    for path, (w, h, *_rest) in zip(paths[1:], probes[1:], strict=True):
+        if (w, h) != (width, height):
+            raise VideoError(
+                f"videos have different sizes: {Path(paths[0]).name} is {width}x{height}, "
+                f"{Path(path).name} is {w}x{h}"
+            )
+    warnings = [message for probe in probes for message in probe[4]]
+    rates = [probe[2] for probe in probes]
+    fps = float(np.mean(rates))
+    if len(set(rates)) > 1:
+        listing = ", ".join(f"{Path(p).name} {r:g}" for p, r in zip(paths, rates, strict=True))
+        warnings.append(f"videos have different frame rates ({listing}); using their mean {fps:g} fps")
+    file_frames = [probe[3] for probe in probes]
+    file_starts = np.concatenate([[0], np.cumsum(file_frames)[:-1]]).astype(int).tolist()
+    return VideoInfo(paths, width, height, fps, int(sum(file_frames)), file_frames, file_starts, warnings)
+
+
+def read_frames(info: VideoInfo, start: int, stop: int) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield (global index, grey uint8 [H, W] frame) for frames [start, stop) of one file."""
+    if start >= stop:
+        return
+    file_index = info.file_of(start)
+    file_start = info.file_starts[file_index]
+    file_stop = file_start + info.file_frames[file_index]
+    if stop > file_stop:
+        raise ValueError(
+            f"frames [{start}, {stop}) span two files: {info.paths[file_index]} ends at frame {file_stop}"
+        )
+    path = info.paths[file_index]
+    capture = _open(path)
+    try:
+        if start > file_start:
+            capture = _seek(capture, path, start - file_start)
+        for frame_index in range(start, stop):
+            ok, frame = capture.read()
+            if not ok or frame is None:
+                raise VideoError(
+                    f"cannot decode frame {frame_index} (frame {frame_index - file_start} of {path}); "
+                    "the file may be damaged"
+                )
+            yield frame_index, _to_gray(frame)
+    finally:
+        capture.release()
+
+
+def read_frame(info: VideoInfo, index: int) -> np.ndarray:
+    """One grey frame by global index."""
+    return next(read_frames(info, index, index + 1))[1]
+
+
+def sample_frames(info: VideoInfo, indices: Iterable[int]) -> np.ndarray:
+    """Grey frames [k, H, W] at global `indices` (any order), e.g. for the background model.
+
+    Each file is opened once; samples are visited in order, seeking unless the next one is close.
+    """
+    indices = np.asarray(list(indices), dtype=int)
+    frames = np.empty((len(indices), info.height, info.width), dtype=np.uint8)
+    files = np.array([info.file_of(int(i)) for i in indices], dtype=int)
+    for file_index in np.unique(files):
+        path = info.paths[file_index]
+        file_start = info.file_starts[file_index]
+        positions = np.flatnonzero(files == file_index)
+        positions = positions[np.argsort(indices[positions], kind="stable")]
+        capture = _open(path)
+        try:
+            next_local, previous = 0, 0
+            for position in positions:
+                local = int(indices[position]) - file_start
+                if local == next_local - 1:
+                    frames[position] = frames[previous]
+                    continue
+                if local - next_local > _READ_FORWARD_GAP:
+                    capture = _seek(capture, path, local)
+                else:
+                    for _ in range(local - next_local):
+                        capture.grab()
+                ok, frame = capture.read()
+                if not ok or frame is None:
+                    raise VideoError(f"cannot decode frame {indices[position]} (frame {local} of {path})")
+                frames[position] = _to_gray(frame)
+                next_local, previous = local + 1, position
+        finally:
+            capture.release()
+    return frames
+
+
+def chunk_ranges(
+    info: VideoInfo, frames_per_chunk: int = 500, intervals: list[tuple[int, int]] | None = None
+) -> list[tuple[int, int]]:
+    """Split the tracked frames into [start, stop) chunks of about `frames_per_chunk` frames.
+
+    Chunk boundaries are the union of file boundaries and tracking-interval boundaries; each piece
+    is then cut into n = int(len / (frames_per_chunk + 1)) + 1 near-equal parts, as idtracker.ai
+    builds its episodes (method notes §2.1). Overlapping intervals are merged.
+    """
+    if frames_per_chunk < 1:
+        raise ValueError(f"frames_per_chunk must be at least 1, got {frames_per_chunk}")
+    if intervals is None:
+        intervals = [(0, info.n_frames)]
+    tracked = np.zeros(info.n_frames + 1, dtype=bool)
+    for start, stop in intervals:
+        if start < 0 or stop <= start:
+            raise ValueError(f"tracking interval [{start}, {stop}) is empty or negative")
+        tracked[start:min(stop, info.n_frames)] = True
+    tracked[-1] = False
+    edges = np.flatnonzero(np.diff(np.concatenate([[False], tracked]).astype(np.int8)))
+    boundaries = set(info.file_starts[1:])
+    chunks = []
+    for start, stop in zip(edges[::2], edges[1::2], strict=True):
+        cuts = sorted({int(start), int(stop)} | {b for b in boundaries if start < b < stop})
+        for piece_start, piece_stop in pairwise(cuts):
+            n = int((piece_stop - piece_start) / (frames_per_chunk + 1)) + 1
+            bounds = np.linspace(piece_start, piece_stop, n + 1).astype(int)
+            chunks.extend((int(a), int(b)) for a, b in pairwise(bounds))
+    return chunks
+
+
+def write_video(
+    path: str | Path, frames: Iterable[np.ndarray], fps: float, fourcc: int = LOSSLESS_FOURCC
+) -> Path:
+    """Write grey uint8 [H, W] frames losslessly; returns the path. Used by tests and the simulator.
+
+    Use the .avi suffix (LOSSLESS_SUFFIX), the container both FFV1 and raw grey work in.
+    """
+    path = Path(path)
+    writer = None
+    try:
+        for index, frame in enumerate(frames):
+            frame = np.asarray(frame)
+            if frame.dtype != np.uint8 or frame.ndim != 2:
+                raise VideoError(f"cannot write video {path}: frame {index} is {frame.dtype} {frame.shape}, "
+                                 "expected grey uint8 [H, W]")
+            if writer is None:
+                size = frame.shape
+                writer = cv2.VideoWriter(str(path), fourcc, float(fps), size[::-1], isColor=False)
+                if not writer.isOpened():
+                    raise VideoError(f"cannot write video {path}: no encoder for this codec, or no write access")
+            elif frame.shape != size:
+                raise VideoError(f"cannot write video {path}: frame {index} is {frame.shape}, frame 0 {size}")
+            writer.write(np.ascontiguousarray(frame))
+    finally:
+        if writer is not None:
+            writer.release()
+    if writer is None:
+        raise VideoError(f"cannot write video {path}: no frames given")
+    return path
