@@ -50,14 +50,15 @@ def make_video(n_animals: int, n_frames: int, seed: int):
     rng = np.random.default_rng(seed)
     animals = draw_animals(n_animals, rng)
     visible = np.ones((n_frames, n_animals), bool)
-    for start in rng.choice(np.arange(20, n_frames - 20), size=n_frames // 25, replace=False):
+    n_crossings = n_frames // 25 if n_animals > 1 else 0
+    for start in rng.choice(np.arange(20, max(n_frames - 20, 21)), size=n_crossings, replace=False):
         pair = rng.choice(n_animals, 2, replace=False)
         visible[start : start + rng.integers(3, 8), pair] = False
     images, ids, offsets, frames, truth = [], [], [0], [], []
     fragment_at = -np.ones((n_frames, n_animals), np.int64)
     for a in range(n_animals):
         runs = np.flatnonzero(np.diff(np.r_[0, visible[:, a].astype(int), 0]))
-        for begin, end in zip(runs[::2], runs[1::2]):
+        for begin, end in zip(runs[::2], runs[1::2], strict=True):
             fragment_at[begin:end, a] = len(frames)
             for _ in range(begin, end):
                 ids.append(len(images))

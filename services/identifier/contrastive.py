@@ -5,9 +5,11 @@ animals. An embedding network is trained on pairs drawn from that knowledge alon
 (two images of one fragment) pulled within distance 1, negatives (images of two coexisting
 fragments) pushed beyond 10, with squared hinge losses — so no global fragment is needed. The
 embeddings of a sample are clustered with k-means (k = N); the mean silhouette tells how well the
-animals separate (0.91 matched < 1 % per-image error in the paper), and training stops when it
-passes the target and stops improving, or when it stops improving for ``patience`` checks, or when
-the step or time budget ends: the video, not a fixed epoch count, decides how long to train.
+animals separate (0.91 matched < 1 % per-image error in the paper). Training stops when the
+clusters agree with the fragments (:func:`fragment_agreement`, our addition: usually far sooner),
+when the silhouette passes the target and stops improving, when it stops improving for
+``patience`` checks, or when the step or time budget ends: the video, not a fixed epoch count,
+decides how long to train.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class ContrastiveSettings:
     max_seconds: float = 600.0  # safety net only; runs that hit it are not reproducible
     sample_per_animal: int = 300  # images per animal in the silhouette sample
     loss_decay: float = 0.98
+    agreement_target: float = 0.995  # see fragment_agreement
 
 
 @dataclass
@@ -121,6 +124,29 @@ def silhouette(points: torch.Tensor, labels: torch.Tensor, k: int) -> float:
     return float(score.mean())
 
 
+def fragment_agreement(labels: np.ndarray, fragment: np.ndarray, negative_pairs: np.ndarray, k: int) -> float:
+    """How far a clustering of sampled images agrees with what the fragments say, in [0, 1].
+
+    The product of two shares, both known without ground truth: the images that fall in their
+    fragment's majority cluster (one fragment is one animal), and the sampled coexisting fragment
+    pairs whose majority clusters differ (two coexisting fragments are two animals). A degenerate
+    clustering fails the second, a noisy one the first. Above ~0.995 per-image errors are rarer than
+    the fragment votes need, so further training buys nothing: the video, not a fixed budget, says
+    when to stop (it typically comes long before the silhouette target).
+    """
+    n_fragments = int(max(fragment.max(initial=-1), negative_pairs.max(initial=-1))) + 1
+    counts = np.zeros((n_fragments, k))
+    np.add.at(counts, (fragment, labels), 1)
+    present = counts.sum(1) > 0
+    purity = counts.max(1)[present].sum() / max(counts[present].sum(), 1)
+    majority = counts.argmax(1)
+    seen = negative_pairs[present[negative_pairs].all(1)]
+    if len(seen) == 0:
+        return 0.0
+    separated = np.mean(majority[seen[:, 0]] != majority[seen[:, 1]])
+    return float(purity * separated)
+
+
 def distances_to_probabilities(distances: torch.Tensor) -> np.ndarray:
     """v6 pseudo-probabilities: p_k ∝ (d_k + 0.01)^−7, normalised per image."""
     weights = (distances.double() + 0.01).pow(-7)
@@ -177,7 +203,7 @@ def train_contrastive(
         return flat[starts[fragment_idx] + (rng.random(len(fragment_idx)) * lengths[fragment_idx]).astype(np.int64)]
 
     best_silhouette, best_state, best_centres = -1.0, copy.deepcopy(model.state_dict()), None
-    since_best, step, reason = 0, 0, "step budget"
+    since_best, agreeing, step, reason = 0, 0, 0, "step budget"
     history: list[tuple[int, float, float]] = []
     running_loss, started = 0.0, time.monotonic()
     while step < settings.max_steps:
@@ -216,9 +242,15 @@ def train_contrastive(
             init = torch.stack([embeddings[m].mean(0) for m in init_members])
         centres, labels = kmeans(embeddings, n_animals, rng, init=init)
         score = silhouette(embeddings, labels, n_animals)
+        agreement = fragment_agreement(labels.cpu().numpy(), fragment_of[sample], negative_pairs, n_animals)
         history.append((step, running_loss, score))
         if progress is not None:
             progress("contrastive", min(step / settings.max_steps, 1.0), {"loss": running_loss, "silhouette": score})
+        agreeing = agreeing + 1 if agreement >= settings.agreement_target else 0
+        if agreeing >= 2:
+            best_silhouette, best_state, best_centres = score, copy.deepcopy(model.state_dict()), centres
+            reason = f"clusters agree with the fragments ({agreement:.4f})"
+            break
         if score > best_silhouette + 1e-4:
             best_silhouette, best_state, best_centres, since_best = score, copy.deepcopy(model.state_dict()), centres, 0
         else:

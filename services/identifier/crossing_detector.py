@@ -51,7 +51,8 @@ def train_and_classify(images: np.ndarray, request: CrossingRequest, device: str
     model = seeded_model(lambda: IdCNN(images.shape[1], 2), request.seed, torch_device)
     outcome = train_classifier(model, train_images, labels[chosen], rng, max_epochs=30, overfitting_limit=5)
     if outcome.diverged:
-        return CrossingReply(np.zeros(n_predict, np.float32), trained=False, note=f"training diverged: {outcome.stop_reason}")
+        note = f"training diverged: {outcome.stop_reason}"
+        return CrossingReply(np.zeros(n_predict, np.float32), trained=False, note=note)
     predict_images = torch.from_numpy(read_rows(images, np.asarray(request.predict_ids)))
     probability = predict_probabilities(model, predict_images)[:, 1] if n_predict else np.zeros(0, np.float32)
     note = (

@@ -139,7 +139,8 @@ def _subsample(ids_per_fragment: list[np.ndarray], cap: int) -> list[np.ndarray]
     if total <= cap:
         return ids_per_fragment
     keep = cap / total
-    return [i[np.linspace(0, len(i) - 1, max(2, int(np.ceil(len(i) * keep)))).astype(np.int64)] for i in ids_per_fragment]
+    return [i[np.linspace(0, len(i) - 1, max(2, int(np.ceil(len(i) * keep)))).astype(np.int64)]
+            for i in ids_per_fragment]
 
 
 def _align_to_global_fragment(probabilities: np.ndarray, p1: np.ndarray, members: np.ndarray):
