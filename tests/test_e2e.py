@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -111,3 +112,37 @@ def test_ctrl_c_leaves_no_process(fish4, tmp_path):
     assert "Traceback" not in err
     time.sleep(0.5)
     assert _service_pids() <= before, f"orphans: {_service_pids() - before} ({os.getpid()})"
+
+
+def _track_and_score(files: dict[str, Path], n_animals: int, out: Path, *flags: str):
+    run = _shoal("track", str(files["video"]), "--animals", str(n_animals), "--out", str(out), "--quiet", *flags)
+    assert run.returncode == 0, run.stderr
+    truth = np.load(files["ground_truth"])
+    scores = evaluate(truth["positions"], truth["touching"], float(truth["body_length"]), load_predictions(out))
+    session = json.loads((out / "session.json").read_text())
+    return scores, session
+
+
+def test_fish_keep_their_identities_through_crossings(fish4, tmp_path):
+    truth = np.load(fish4["ground_truth"])
+    assert truth["touching"].any(axis=0).all(), "every fish should cross at least once"
+    scores, session = _track_and_score(fish4, 4, tmp_path / "s")
+    print(scores, session["notes"])
+    assert scores.accuracy >= 0.99
+    assert scores.idf1 >= 0.97
+    assert scores.detection_rate >= 0.99
+    estimated = session["statistics"]["estimated_accuracy"]
+    assert estimated <= scores.accuracy + 0.01, "the estimated accuracy must not be optimistic"
+    result = np.load(tmp_path / "s" / "trajectories" / "trajectories.npy", allow_pickle=True).item()
+    assert result["estimated_accuracy"] == pytest.approx(estimated)
+    assert 0 < result["silhouette_score"] <= 1
+
+
+@pytest.mark.parametrize("method", ["contrastive", "accumulation"])
+def test_flies_keep_their_identities(tmp_path, method):
+    files = write_simulation(SimulationConfig(n_animals=6, n_frames=600, preset="flies", seed=7), tmp_path / "v")
+    scores, session = _track_and_score(files, 6, tmp_path / "s", "--method", method)
+    print(method, scores, session["notes"])
+    assert session["statistics"]["identification_method"].startswith(method)
+    assert scores.accuracy >= 0.99
+    assert scores.idf1 >= 0.96
