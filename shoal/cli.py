@@ -211,11 +211,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from shoal.client import Client, follow, format_job
+    from shoal.client import follow, format_job
 
     params = build_params(args, args.videos)
-    client = Client(args.gateway)
-    job = client.submit(params, output_dir=args.out or "", name=args.name or "")
+    client = _client(args)
+    if args.upload:
+        missing = [v for v in params.video_paths if not Path(v).is_file()]
+        if missing:
+            raise UsageError(f"--upload sends local files, and {', '.join(missing)} is not one")
+        job = client.upload(params, output_dir=args.out or "", name=args.name or "")
+    else:
+        job = client.submit(params, output_dir=args.out or "", name=args.name or "")
     print(job.job_id)
     if args.watch:
         job = follow(client, job.job_id)
@@ -223,10 +229,20 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_watch(args: argparse.Namespace) -> int:
-    from shoal.client import Client, follow, format_job
+def _client(args: argparse.Namespace):
+    """A client of ``--gateway`` with the command's TLS and token flags."""
+    from shoal.client import Client
 
-    job = follow(Client(args.gateway), args.job)
+    try:
+        return Client(args.gateway, args.token, ca_file=args.ca, tls=args.tls)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from shoal.client import follow, format_job
+
+    job = follow(_client(args), args.job)
     print(format_job(job))
     if job.error:
         print(f"error: {job.error}", file=sys.stderr)
@@ -234,27 +250,64 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    from shoal.client import Client, format_job
+    from shoal.client import format_job
     from shoal.v1 import jobs_pb2 as pb
 
     state = pb.JobState.Value(args.state.upper()) if args.state else 0
-    for job in Client(args.gateway).list(state):
+    for job in _client(args).list(state):
         print(format_job(job))
     return 0
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    from shoal.client import Client, format_job
+    from shoal.client import format_job
 
-    print(format_job(Client(args.gateway).cancel(args.job)))
+    print(format_job(_client(args).cancel(args.job)))
     return 0
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    from shoal.client import Client, write_result
+    from shoal.client import write_result
 
-    written = write_result(Client(args.gateway).result(args.job), Path(args.out))
+    written = write_result(_client(args).result(args.job), Path(args.out))
     print(f"session folder: {Path(args.out).resolve()} ({', '.join(sorted(written))})")
+    return 0
+
+
+def cmd_video(args: argparse.Namespace) -> int:
+    from shoal import render
+    from shoal.video import VideoError
+
+    codec = "lossless" if args.lossless else "mp4v"
+    suffix = render.CODECS[codec][1]
+    if args.individual and args.trail is not None:
+        raise UsageError("--trail applies to the overlay video, not to --individual videos")
+    if not args.individual and args.size is not None:
+        raise UsageError("--size applies to --individual videos")
+    if args.trail is not None and args.trail < 0:
+        raise UsageError(f"--trail must be >= 0 frames, got {args.trail}")
+    if args.size is not None and args.size < 8:
+        raise UsageError(f"--size must be at least 8 pixels, got {args.size}")
+    if args.out and not args.individual and Path(args.out).suffix.lower() != suffix:
+        raise UsageError(f"--out {args.out}: the {codec} overlay video must be named *{suffix}")
+    try:
+        session = render.open_session(args.session)
+        start, stop = render.frame_range(len(session.trajectories), args.start, args.end)
+        if args.individual:
+            side = render.default_side(session.body_length) if args.size is None else args.size
+            folder = Path(args.out) if args.out else session.folder / "individual_videos"
+            written = render.write_individual_videos(session, folder, start, stop, side, codec)
+            unseen = [session.labels[i] for i in range(len(session.labels)) if i + 1 not in written]
+            print(f"{len(written)} individual videos ({side}x{side} px, frames {start}-{stop - 1}) in {folder}")
+            if unseen:
+                print(f"warning: no video for identities never seen in these frames: {', '.join(unseen)}",
+                      file=sys.stderr)
+        else:
+            out = Path(args.out) if args.out else session.folder / f"overlay{suffix}"
+            render.write_overlay_video(session, out, start, stop, 20 if args.trail is None else args.trail, codec)
+            print(f"overlay video (frames {start}-{stop - 1}): {out}")
+    except (render.RenderError, VideoError) as exc:
+        raise UsageError(str(exc)) from None
     return 0
 
 
@@ -305,8 +358,34 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("job")
     f.add_argument("--out", required=True)
     f.set_defaults(func=cmd_fetch)
+    sb.add_argument("--upload", action="store_true",
+                    help="send the local video files to the gateway (up to its upload limit) instead of paths")
     for c in (sb, sub.choices["watch"], sub.choices["cancel"], j, f):
         c.add_argument("--gateway", default=DEFAULT_GATEWAY, help="gateway address host:port [SHOAL_GATEWAY]")
+        c.add_argument("--token", default=os.environ.get("SHOAL_TOKEN"),
+                       help="bearer token the gateway requires [SHOAL_TOKEN; prefer it to the flag, which ps shows]")
+        c.add_argument("--ca", default=os.environ.get("SHOAL_CA"), metavar="PEM",
+                       help="talk TLS; the gateway's certificate must chain to this CA file [SHOAL_CA]")
+        c.add_argument("--tls", action="store_true", help="talk TLS, trusting the system's CAs")
+
+    v = sub.add_parser(
+        "video", help="overlay video (identity labels and trails) or animal-centred videos of a session",
+        description="Draw a session's result on its original frames: a dot, label and trail in one colour per "
+                    "identity (SESSION/overlay.mp4), or with --individual one video per identity centred on "
+                    "the animal (SESSION/individual_videos/). Videos are MPEG-4 Part 2 (mp4v) in .mp4: small, "
+                    "lossy, plays in common players; with --lossless FFV1 in .avi: exact pixels, larger, "
+                    "plays in VLC or ffmpeg.")
+    v.add_argument("session", help="session folder written by shoal track")
+    v.add_argument("--trail", type=int, metavar="FRAMES", help="trail length in frames (default 20; 0: none)")
+    v.add_argument("--start", type=int, metavar="F", help="first frame (default 0)")
+    v.add_argument("--end", type=int, metavar="F", help="frame after the last one (default: end of session)")
+    v.add_argument("--individual", action="store_true", help="one animal-centred grey video per identity")
+    v.add_argument("--size", type=int, metavar="PX",
+                   help="side of the individual videos in pixels (default: the session's body length, made even)")
+    v.add_argument("--out", metavar="PATH", help="overlay video file (*.mp4, or *.avi with --lossless), or the "
+                                                 "folder of the individual videos")
+    v.add_argument("--lossless", action="store_true", help="FFV1 in .avi instead of mp4v in .mp4")
+    v.set_defaults(func=cmd_video)
 
     for name, module in (("simulate", "shoal.simulate"), ("evaluate", "shoal.evaluate")):
         sub.add_parser(name, help=f"see shoal {name} --help", add_help=False).set_defaults(module=module)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -47,9 +48,24 @@ def params_to_proto(params: TrackingParams) -> pb.TrackingParams:
     return m
 
 
+#: bytes per SubmitUpload data message (the gateway refuses messages over 4 MiB)
+UPLOAD_CHUNK_BYTES = 1 << 20
+
+
 class Client:
-    def __init__(self, address: str, token: str | None = None):
-        self.channel = grpc.insecure_channel(address)
+    """A connection to a gateway. ``token`` is sent as ``authorization: Bearer <token>`` on every call;
+    ``ca_file`` (PEM) turns TLS on and is the authority the gateway's certificate must chain to;
+    ``tls`` alone turns TLS on with the system's authorities."""
+
+    def __init__(self, address: str, token: str | None = None, *, ca_file: str | None = None, tls: bool = False):
+        if ca_file or tls:
+            try:
+                roots = Path(ca_file).read_bytes() if ca_file else None
+            except OSError as exc:
+                raise ValueError(f"cannot read the CA file {ca_file}: {exc.strerror}") from None
+            self.channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=roots))
+        else:
+            self.channel = grpc.insecure_channel(address)
         self.stub = pb_grpc.JobServiceStub(self.channel)
         self.metadata = [("authorization", f"Bearer {token}")] if token else None
 
@@ -60,6 +76,25 @@ class Client:
         request = pb.SubmitJobRequest(video_paths=params.video_paths, params=params_to_proto(params),
                                       output_dir=output_dir, name=name)
         return self.stub.SubmitJob(request, metadata=self.metadata)
+
+    def upload(self, params: TrackingParams, output_dir: str = "", name: str = "") -> pb.Job:
+        """Like :meth:`submit`, for videos on this machine: streams ``params.video_paths`` to the gateway,
+        which stores them under its data root (RESOURCE_EXHAUSTED if they exceed its upload limit)."""
+        paths = [Path(p) for p in params.video_paths]
+        names = [p.name for p in paths]
+        if len(set(names)) != len(names):
+            raise ValueError(f"uploaded videos need distinct file names, got {', '.join(names)}")
+        job = pb.SubmitJobRequest(params=params_to_proto(params), output_dir=output_dir, name=name)
+
+        def messages() -> Iterator[pb.SubmitUploadRequest]:
+            yield pb.SubmitUploadRequest(job=job)
+            for path in paths:
+                with open(path, "rb") as fh:
+                    yield pb.SubmitUploadRequest(file=pb.UploadFile(name=path.name, size=os.fstat(fh.fileno()).st_size))
+                    while chunk := fh.read(UPLOAD_CHUNK_BYTES):
+                        yield pb.SubmitUploadRequest(data=chunk)
+
+        return self.stub.SubmitUpload(messages(), metadata=self.metadata)
 
     def get(self, job_id: str) -> pb.Job:
         return self.stub.GetJob(pb.JobRef(job_id=job_id), metadata=self.metadata)

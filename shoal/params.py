@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 METHODS = ("contrastive", "accumulation")
 TRAJECTORY_FORMATS = ("npy", "h5", "csv", "csv_tidy")
 BACKGROUND_STATS = ("median", "mean", "max", "min")
@@ -94,6 +96,9 @@ class TrackingParams:
         for f in self.trajectories_formats:
             if f not in TRAJECTORY_FORMATS:
                 raise ParamError("trajectories_formats", f"unknown format {f!r}; use {', '.join(TRAJECTORY_FORMATS)}")
+        check_setup_points(self.setup_points)
+        if self.identities_labels is not None:
+            check_identities_labels(self.identities_labels, self.number_of_animals)
         if self.frames_per_episode < 10:
             raise ParamError("frames_per_episode", "must be >= 10")
         if self.method not in METHODS:
@@ -141,7 +146,49 @@ class TrackingParams:
         return cls.from_dict(data)
 
 
+def check_setup_points(value: Any) -> dict[str, list[tuple[float, float]]]:
+    """`value` as {name: [(x, y), ...]}: named landmarks (arena border, feeder...) in pixels.
+
+    None (idtracker.ai's "") is no points. Raises ParamError("setup_points", why) otherwise.
+    """
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ParamError("setup_points", f"must map names to lists of [x, y] points, got {type(value).__name__}")
+    points: dict[str, list[tuple[float, float]]] = {}
+    for name, listed in value.items():
+        if not isinstance(name, str) or not name.strip():
+            raise ParamError("setup_points", f"point set names must be non-empty text, got {name!r}")
+        try:
+            array = np.asarray(listed, dtype=np.float64)
+        except (TypeError, ValueError):
+            array = np.empty(0)
+        if array.ndim != 2 or array.shape[1] != 2 or len(array) == 0:
+            raise ParamError("setup_points", f"{name!r} must be a non-empty list of [x, y] points, got {listed!r}")
+        if not np.isfinite(array).all():
+            raise ParamError("setup_points", f"{name!r} has a coordinate that is not a finite number")
+        points[name] = [(float(x), float(y)) for x, y in array]
+    return points
+
+
+def check_identities_labels(labels: list[str], number_of_animals: int) -> list[str]:
+    """Check the names given to identities 1..N: one per animal, non-empty and all different."""
+    if number_of_animals < 1:
+        raise ParamError("identities_labels", "labels need number_of_animals, one label per animal")
+    if len(labels) != number_of_animals:
+        raise ParamError("identities_labels", f"{len(labels)} labels for {number_of_animals} animals")
+    for label in labels:
+        if not isinstance(label, str) or not label.strip():
+            raise ParamError("identities_labels", f"labels must be non-empty text, got {label!r}")
+    repeated = sorted({label for label in labels if labels.count(label) > 1})
+    if repeated:
+        raise ParamError("identities_labels", f"labels must differ, {', '.join(map(repr, repeated))} repeated")
+    return list(labels)
+
+
 def _coerce(key: str, value: Any) -> Any:
+    if key == "setup_points":
+        return check_setup_points(value)
     try:
         if value is None:
             return None

@@ -2,10 +2,12 @@ import csv
 import json
 
 import h5py
+import msgpack
 import numpy as np
 import pytest
 
 from services.assembler.outputs import load_session, warn_inconsistent_frames, write_session
+from shoal.params import ParamError, TrackingParams
 
 IDTRACKERAI_V6_KEYS = {
     "trajectories",
@@ -146,7 +148,7 @@ def test_session_json_is_valid_json_even_with_nan(tmp_path):
 
 def test_failed_write_leaves_previous_file_and_no_temporary(tmp_path):
     write_session(tmp_path, make_result(), formats=("npy",))
-    bad = make_result(setup_points={"border": object()})
+    bad = make_result(identities_groups={"group": object()})  # h5py cannot store it: fails mid-write
     with pytest.raises(TypeError):
         write_session(tmp_path, bad, formats=("h5",))
     folder = tmp_path / "trajectories"
@@ -172,3 +174,107 @@ def test_inconsistent_frames_file(tmp_path):
     assert path.read_text().split() == ["frame", "3", "7"]
     assert warn_inconsistent_frames(tmp_path, np.array([], dtype=int)) is None
     assert not path.exists()
+
+
+@pytest.mark.parametrize("formats", [("npy",), ("h5",), ("csv",), ("csv_tidy",), ("npy", "h5", "csv", "csv_tidy")])
+def test_each_requested_format_and_only_those_is_written(tmp_path, formats):
+    written = write_session(tmp_path, make_result(), formats=formats)
+    assert set(written) == {"session", *formats}
+    files = {path.relative_to(tmp_path / "trajectories").as_posix()
+             for path in (tmp_path / "trajectories").rglob("*") if path.is_file()}
+    expected = {
+        "npy": {"trajectories.npy"},
+        "h5": {"trajectories.h5"},
+        "csv": {f"trajectories_csv/{name}" for name in
+                ("trajectories.csv", "id_probabilities.csv", "areas.csv", "attributes.json")},
+        "csv_tidy": {"trajectories_tidy.csv", "attributes_tidy.json"},
+    }
+    assert files == set().union(*(expected[f] for f in formats))
+
+
+SETUP_TOML = """\
+video_paths = ['/data/a.avi']
+number_of_animals = 3
+identities_labels = ['male', 'female A', 'female B']
+trajectories_formats = ['npy', 'h5', 'csv', 'csv_tidy']
+
+[setup_points]
+border = [[0, 0], [640, 0], [640, 480], [0, 480]]
+feeder = [[320.5, 240]]
+"""
+
+
+def _params_from_toml(tmp_path) -> TrackingParams:
+    """A user's TOML through the path a job's parameters take: file, validation, msgpack, service."""
+    path = tmp_path / "params.toml"
+    path.write_text(SETUP_TOML)
+    params = TrackingParams.from_toml(path).validate()
+    return TrackingParams.from_dict(msgpack.unpackb(msgpack.packb(params.to_dict()))).validate()
+
+
+def test_setup_points_and_labels_from_parameters_reach_every_format(tmp_path):
+    params = _params_from_toml(tmp_path)
+    written = write_session(tmp_path / "session", make_result(setup_points=params.setup_points,
+                                                              identities_labels=params.identities_labels),
+                            formats=tuple(params.trajectories_formats))
+    labels = ["male", "female A", "female B"]
+    border = [[0, 0], [640, 0], [640, 480], [0, 480]]
+    loaded = load_session(tmp_path / "session")
+    assert loaded["identities_labels"] == labels
+    assert loaded["setup_points"]["border"].dtype == np.float64  # arrays, as analysis code expects
+    assert loaded["setup_points"]["border"].tolist() == border
+    assert loaded["setup_points"]["feeder"].tolist() == [[320.5, 240]]
+    with h5py.File(written["h5"], "r") as h5:
+        assert list(h5.attrs["identities_labels"]) == labels
+        assert h5["setup_points/border"][:].tolist() == border
+    for attributes in (written["csv"].parent / "attributes.json", written["csv_tidy"].parent / "attributes_tidy.json"):
+        stored = json.loads(attributes.read_text())
+        assert stored["identities_labels"] == labels
+        assert stored["setup_points"] == {"border": border, "feeder": [[320.5, 240]]}
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"setup_points": [[0, 0]]}, "must map names"),
+    ({"setup_points": {"border": [[0, 0], [1]]}}, "'border'"),
+    ({"setup_points": {"border": []}}, "non-empty"),
+    ({"setup_points": {"feeder": [["a", 1]]}}, "'feeder'"),
+    ({"setup_points": {"feeder": [[float("nan"), 1]]}}, "finite"),
+    ({"setup_points": {"": [[0, 1]]}}, "names"),
+    ({"identities_labels": ["a", "b"]}, "2 labels for 3 animals"),
+    ({"identities_labels": ["a", "b", "a"]}, "'a' repeated"),
+    ({"identities_labels": ["a", " ", "c"]}, "non-empty"),
+    ({"identities_labels": ["a", "b", "c"], "number_of_animals": 0, "track_wo_identities": True},
+     "need number_of_animals"),
+])
+def test_bad_setup_points_and_labels_name_their_field(changes, words):
+    field = next(key for key in changes if key in ("setup_points", "identities_labels"))
+    with pytest.raises(ParamError) as err:
+        TrackingParams.from_dict({"video_paths": ["/data/a.avi"], "number_of_animals": 3, **changes}).validate()
+    assert err.value.field == field and str(err.value).startswith(f"{field}:")
+    assert words in str(err.value)
+
+
+def test_trajectorytools_reads_our_session_in_every_format(tmp_path):
+    """Labs analyse idtracker.ai sessions with trajectorytools; ours must load the same way."""
+    from trajectorytools.trajectories import TrajectoriesWithPoints
+
+    border = [[0, 0], [640, 0], [640, 480], [0, 480]]
+    result = make_result(setup_points={"border": border, "feeder": [[10, 20]]}, identities_labels=["a", "b", "c"])
+    session = tmp_path / "session_fish"  # trajectorytools recognises session folders by this prefix
+    written = write_session(session, result, formats=("npy", "h5", "csv", "csv_tidy"))
+    # trajectorytools passes the JSON lists of the CSV folder's border straight to numpy code that needs an
+    # array, so the CSV folder is read from a session whose landmarks do not include a border.
+    write_session(tmp_path / "csv_session", make_result(setup_points={"feeder": [[10, 20]]}), formats=("csv",))
+    csv_folder = tmp_path / "csv_session/trajectories/trajectories_csv"
+    for source in (written["npy"], written["h5"], session, csv_folder):
+        tr = TrajectoriesWithPoints.from_idtrackerai(source, interpolate_nans=False)
+        assert tr.number_of_individuals == N
+        # positions come back exactly (to the CSV's 3 decimals); velocities drop the first and last frame
+        np.testing.assert_allclose(tr.s, result["trajectories"][1:-1], atol=1e-3)
+        assert tr.params["frame_rate"] == 25.0 and tr.params["body_length_px"] == pytest.approx(31.5)
+        np.testing.assert_allclose(tr.points["feeder"], [[10, 20]])
+        assert tr.distance_to_point("feeder").shape == (F - 2, N)
+        if source is not csv_folder:
+            # the arena comes from the border landmarks: centre (320, 240), radius the half diagonal 400
+            np.testing.assert_allclose(tr.params["_center"], [320, 240])
+            assert tr.params["radius"] == pytest.approx(400)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import zmq
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from shoal import __version__
 from shoal.blobs import BlobTable, concat
@@ -35,6 +35,11 @@ from .track import track
 CHUNKS = Counter("shoal_chunks_assembled_total", "Chunks of geometry received, by outcome", ["outcome"])
 STAGE_SECONDS = Histogram("shoal_stage_duration_seconds", "Duration of each assembler stage of a job", ["stage"],
                           buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600))
+FRAMES_TRACKED = Counter("shoal_frames_tracked_total", "Frames of jobs whose tracking finished")
+IN_FLIGHT = Gauge("shoal_tasks_in_flight", "Tasks being worked on now, by stage", ["stage"]).labels("assemble")
+QUEUE_DEPTH = Gauge("shoal_queue_depth", "Work waiting for a worker of each stage", ["stage"]).labels("assemble")
+for _outcome in ("new", "duplicate"):
+    CHUNKS.labels(_outcome)
 
 
 #: the gateway's stage of each stage name the tracking code and the identifier report
@@ -109,6 +114,8 @@ class Assembler:
         self.jobs: dict[str, JobState] = {}
         self.outbox: queue.Queue[Message] = queue.Queue()
         self.stopping = False
+        # jobs assigned here and still collecting chunks (list(): one C-level copy of a dict two threads change)
+        QUEUE_DEPTH.set_function(lambda: sum(s.spec is not None and not s.started for s in list(self.jobs.values())))
         log.info("assembler %s; geometry on %s", self.control.worker_id, endpoint)
 
     def run(self) -> None:
@@ -159,7 +166,8 @@ class Assembler:
                                                  "done": round(100 * fraction), "total": 100, "figures": figures}))
 
         try:
-            figures, warnings = assemble(self.ctx, job, state, progress)
+            with IN_FLIGHT.track_inprogress():
+                figures, warnings = assemble(self.ctx, job, state, progress)
             self.outbox.put(Message("job_done", {"job": job, "figures": figures, "warnings": warnings}))
         except JobError as exc:
             if not state.cancelled.is_set():
@@ -204,6 +212,7 @@ def assemble(ctx: zmq.Context, job: str, state: JobState, progress: Progress) ->
         identifier.close()
     for stage, seconds in result.timings.items():
         STAGE_SECONDS.labels(stage).observe(seconds)
+    FRAMES_TRACKED.inc(n_frames)
     warnings += result.warnings
     progress("write", 0.0, {})
     statistics = {

@@ -96,7 +96,7 @@ def trajectories_dict(result: dict) -> dict:
         "estimated_accuracy": _optional_float(result.get("estimated_accuracy")),
         "silhouette_score": _optional_float(result.get("silhouette_score")),
         "fraction_identified": float(x_known.mean()) if x_known.size else 0.0,
-        "setup_points": dict(result.get("setup_points") or {}),
+        "setup_points": _setup_points(result.get("setup_points")),
         "identities_labels": [str(label) for label in labels],
         "identities_groups": dict(result.get("identities_groups") or {}),
         "length_unit": _optional_float(result.get("length_unit")),
@@ -108,6 +108,17 @@ def trajectories_dict(result: dict) -> dict:
     if result.get("fragment_connectivity") is not None:
         output["fragment_connectivity"] = float(result["fragment_connectivity"])
     return output
+
+
+def _setup_points(points: dict | None) -> dict[str, np.ndarray]:
+    """Each named point set as float64 [k, 2] (x, y), the array type analysis code expects."""
+    arrays = {}
+    for name, listed in (points or {}).items():
+        array = np.asarray(listed, dtype=np.float64)
+        if array.ndim != 2 or array.shape[1] != 2:
+            raise ValueError(f"setup point set {name!r} must be [[x, y], ...], got shape {array.shape}")
+        arrays[str(name)] = array
+    return arrays
 
 
 def _optional_float(value: Any) -> float | None:
@@ -180,7 +191,13 @@ def _attributes(trajectories: dict) -> dict:
 def write_csv(folder: Path, trajectories: dict) -> Path:
     """idtracker.ai's `trajectories_csv/` folder; returns the path of trajectories.csv.
 
-    Times are frame / fps; unknown positions are written `nan`, as idtracker.ai writes them.
+    - `trajectories.csv`: header `time,x1,y1,...,xN,yN`, one row per frame; time = frame / fps in
+      seconds, positions in pixels, `nan` where the animal is unknown (as idtracker.ai writes it);
+    - `id_probabilities.csv`: `time,id_probabilities1,...`, the certainty of each identity per frame;
+    - `areas.csv`: `mean,median,standard_deviation` of the blob area, one row per identity;
+    - `attributes.json`: every other key of the trajectories dict. Identity i of the tables is
+      `identities_labels[i - 1]`; `setup_points` maps each landmark name to `[[x, y], ...]` in the
+      pixel coordinates of the tables.
     """
     positions = trajectories["trajectories"]
     n_frames, n_animals, _ = positions.shape
@@ -211,7 +228,11 @@ def write_csv(folder: Path, trajectories: dict) -> Path:
 
 
 def write_csv_tidy(folder: Path, trajectories: dict) -> Path:
-    """Long format, one row per known position: frame,time,individual,x,y,probability."""
+    """Long format, one row per known position: frame,time,individual,x,y,probability.
+
+    `individual` is the identity number i (1..N, the i of x{i} in trajectories.csv); its label is
+    `identities_labels[i - 1]` in `attributes_tidy.json`, which holds the same keys as attributes.json.
+    """
     positions = trajectories["trajectories"]
     frames, animals = np.nonzero(np.isfinite(positions).all(axis=2))
     x, y = positions[frames, animals].T

@@ -1,7 +1,14 @@
-"""``shoal-gateway``: gRPC JobService + health + reflection, the job store and the scheduler."""
+"""``shoal-gateway``: gRPC JobService + health + reflection, the job store and the scheduler.
+
+On SIGTERM the gateway drains: health reports NOT_SERVING for ``drain_seconds`` while calls are
+still answered (so load balancers and Kubernetes stop routing to it), then it stops accepting calls,
+gives those in flight a short grace, and exits. Jobs live in the store, so a restart loses none.
+"""
 
 from __future__ import annotations
 
+import fcntl
+import ipaddress
 import signal
 import sys
 import threading
@@ -17,11 +24,14 @@ from prometheus_client import start_http_server
 from shoal.config import parse_config, setup_logging
 from shoal.v1 import jobs_pb2, jobs_pb2_grpc
 
+from .auth import ConfigError, TokenAuth, read_token, server_credentials
 from .jobstore import JobStore
 from .scheduler import Scheduler
 from .server import JobService
 
 SERVICE_NAME = "shoal.v1.JobService"
+#: seconds in-flight calls get to finish once the drain is over
+STOP_GRACE_S = 2.0
 
 
 @dataclass
@@ -31,6 +41,20 @@ class GatewayConfig:
     grpc_address: str = field(default="0.0.0.0:50051", metadata={"help": "gRPC listen address (port 0 = any)"})
     control: str = field(default="tcp://0.0.0.0:5555", metadata={"help": "ZeroMQ control endpoint workers connect to"})
     metrics_port: int = field(default=9100, metadata={"help": "Prometheus /metrics port (0 = any free, -1 = off)"})
+    tls_cert: str = field(default="", metadata={"help": "PEM certificate (chain) for TLS on the gRPC port, with "
+                                                        "--tls-key; empty = plaintext"})
+    tls_key: str = field(default="", metadata={"help": "PEM private key of --tls-cert"})
+    auth_token: str = field(default="", metadata={"help": "bearer token every call except health checks must carry "
+                                                          "(empty = no token); prefer the environment variable or "
+                                                          "--auth-token-file, since ps shows flags"})
+    auth_token_file: str = field(default="", metadata={"help": "file whose first line is the bearer token "
+                                                               "(e.g. a mounted secret)"})
+    max_upload_mb: float = field(default=256.0, metadata={"help": "largest SubmitUpload in MiB, all its files "
+                                                                  "together (0 = uploads off)"})
+    drain_seconds: float = field(default=1.0, metadata={"help": "after SIGTERM, health reports NOT_SERVING for "
+                                                                "this long while calls are still served"})
+    grpc_threads: int = field(default=64, metadata={"help": "threads serving calls; WatchJob streams may hold at "
+                                                            "most three quarters of them"})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,42 +62,81 @@ def main(argv: list[str] | None = None) -> int:
     log = setup_logging("gateway")
     data_root = Path(cfg.data_root)
     if not data_root.is_dir():
-        print(f"shoal-gateway: data root {data_root} is not a directory", file=sys.stderr)
-        return 2
+        return _fail(f"data root {data_root} is not a directory")
+    if cfg.max_upload_mb < 0 or cfg.drain_seconds < 0 or cfg.grpc_threads < 2:
+        return _fail("max_upload_mb and drain_seconds must be >= 0 and grpc_threads >= 2")
+    try:
+        token = read_token(cfg.auth_token, cfg.auth_token_file)
+        credentials = server_credentials(cfg.tls_cert, cfg.tls_key)
+    except ConfigError as exc:
+        return _fail(str(exc))
     work_dir = Path(cfg.work_dir) if cfg.work_dir else data_root / ".shoal"
+    work_dir.mkdir(parents=True, exist_ok=True)
+    lock = open(work_dir / "gateway.lock", "w")  # noqa: SIM115 - held for the life of the process
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return _fail(f"another gateway is using {work_dir}; two would run the same jobs twice")
     store = JobStore(work_dir / "jobs.sqlite")
     scheduler = Scheduler(store, cfg.control, work_dir)
     scheduler.start()
 
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=32))
-    jobs_pb2_grpc.add_JobServiceServicer_to_server(JobService(store, scheduler, data_root), server)
+    threads = cfg.grpc_threads
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="grpc"),
+                         interceptors=[TokenAuth(token)] if token else None,
+                         options=[("grpc.so_reuseport", 0)])  # a second gateway on the same port fails to start
+    service = JobService(store, scheduler, data_root, max_upload_bytes=int(cfg.max_upload_mb * 2**20),
+                         max_watchers=max(1, threads * 3 // 4))
+    jobs_pb2_grpc.add_JobServiceServicer_to_server(service, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = (jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
              health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
     reflection.enable_server_reflection(names, server)
-    port = server.add_insecure_port(cfg.grpc_address)
+    try:
+        port = (server.add_secure_port(cfg.grpc_address, credentials) if credentials
+                else server.add_insecure_port(cfg.grpc_address))
+    except RuntimeError:
+        port = 0
     if port == 0:
-        print(f"shoal-gateway: cannot listen on {cfg.grpc_address}", file=sys.stderr)
-        return 2
+        return _fail(f"cannot listen on {cfg.grpc_address}")
+    host = cfg.grpc_address.rpartition(":")[0]
+    if token and credentials is None and not _loopback(host):
+        log.warning("a bearer token without TLS crosses the network in clear text; set --tls-cert and --tls-key")
     server.start()
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     metrics_port = _start_metrics(cfg.metrics_port)
-    host = cfg.grpc_address.rpartition(":")[0]
-    print(f"READY grpc={host}:{port} control={scheduler.endpoint} metrics={metrics_port}", flush=True)
-    log.info("serving gRPC on %s:%d, control %s, metrics :%s", host, port, scheduler.endpoint, metrics_port)
+    print(f"READY grpc={host}:{port} control={scheduler.endpoint} metrics={metrics_port} "
+          f"tls={'on' if credentials else 'off'} auth={'token' if token else 'off'}", flush=True)
+    log.info("serving gRPC on %s:%d (TLS %s, token %s), control %s, metrics :%s", host, port,
+             "on" if credentials else "off", "on" if token else "off", scheduler.endpoint, metrics_port)
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
-    log.info("draining: health NOT_SERVING, stopping")
+    stop.clear()  # a second signal ends the drain early
+    log.info("draining: health NOT_SERVING for %.1f s, then stopping", cfg.drain_seconds)
     health_servicer.enter_graceful_shutdown()
-    server.stop(grace=2).wait()
+    stop.wait(cfg.drain_seconds)
+    server.stop(grace=STOP_GRACE_S).wait()
     scheduler.stop()
     scheduler.join(timeout=5)
+    store.close()
     return 0
+
+
+def _fail(message: str) -> int:
+    print(f"shoal-gateway: {message}", file=sys.stderr)
+    return 2
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _start_metrics(port: int) -> int:

@@ -14,6 +14,7 @@ says ``job_done``.
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
@@ -122,7 +123,8 @@ class Scheduler(threading.Thread):
     def run(self) -> None:
         for rec in self.store.list(state=RUNNING, limit=100000):
             self.store.update(rec.job_id, state=QUEUED, stage="", fraction=0.0, stages={},
-                              warnings=[*rec.warnings, "gateway restarted while the job ran; job restarted"])
+                              warnings=_add(rec.warnings, "the gateway restarted while the job ran; the job ran "
+                                                          "again from segmentation"))
         while not self.stopping.is_set():
             if self.sock.poll(int(HEARTBEAT_S * 100), zmq.POLLIN):
                 while self.sock.poll(0, zmq.POLLIN):
@@ -246,24 +248,32 @@ class Scheduler(threading.Thread):
         chunks = chunk_ranges(info, params.get("frames_per_episode") or 500, params.get("tracking_intervals"))
         job_dir = self.work_dir / "jobs" / rec.job_id
         job_dir.mkdir(parents=True, exist_ok=True)
-        plan = {"video": asdict(info), "chunks": chunks, "job_dir": str(job_dir)}
+        plan = json.loads(json.dumps({"video": asdict(info), "chunks": chunks, "job_dir": str(job_dir)}))
+        # a job that ran before (gateway restart, lost worker) keeps its probe if the video is unchanged
+        probe = rec.plan.get("probe") if all(rec.plan.get(k) == plan[k] for k in plan) else None
+        if probe is not None:
+            plan["probe"] = probe
         self.store.update(rec.job_id, state=RUNNING, stage="probe", fraction=0.0, error="", plan=plan,
-                          warnings=[*rec.warnings, *info.warnings])
+                          warnings=_add(rec.warnings, *info.warnings))
         rec = self.store.get(rec.job_id)
         run = JobRun(rec, identifier.wid, assembler.wid, time.monotonic())
         self.runs[rec.job_id] = run
-        probe = Task(rec.job_id, -1, {"kind": "probe", "params": params, "video": plan["video"],
-                                      "job_dir": str(job_dir)})
-        run.tasks[-1] = probe
-        self.pending.append(probe)
-        log.info("job %s started: %d frames in %d chunks", rec.job_id, info.n_frames, len(chunks))
+        log.info("job %s started: %d frames in %d chunks%s", rec.job_id, info.n_frames, len(chunks),
+                 "; probe kept from an earlier run" if probe else "")
         metrics.JOBS_STARTED.inc()
+        if probe is not None:
+            self._probe_done(run, probe)
+            return
+        task = Task(rec.job_id, -1, {"kind": "probe", "params": params, "video": plan["video"],
+                                     "job_dir": str(job_dir)})
+        run.tasks[-1] = task
+        self.pending.append(task)
 
     def _restart(self, run: JobRun, why: str) -> None:
         rec = self.store.get(run.record.job_id)
         self._drop(run)
         self.store.update(rec.job_id, state=QUEUED, stage="", fraction=0.0, stages={},
-                          warnings=[*rec.warnings, f"{why}; job restarted"])
+                          warnings=_add(rec.warnings, f"{why}; job restarted"))
 
     def _drop(self, run: JobRun) -> None:
         self.runs.pop(run.record.job_id, None)
@@ -348,7 +358,7 @@ class Scheduler(threading.Thread):
     def _probe_done(self, run: JobRun, probe: dict) -> None:
         rec = run.record
         plan = {**rec.plan, "probe": probe}
-        warnings = [*self.store.get(rec.job_id).warnings, *probe.get("warnings", [])]
+        warnings = _add(self.store.get(rec.job_id).warnings, *probe.get("warnings", []))
         self.store.update(rec.job_id, plan=plan, warnings=warnings)
         self._progress(rec.job_id, "probe", 1, 1, {"body_length": probe["body_length"]})
         identifier = self.workers.get(run.identifier)
@@ -396,7 +406,12 @@ class Scheduler(threading.Thread):
         rec = self.store.get(job_id)
         figures = {**rec.figures, **{k: float(v) for k, v in (body.get("figures") or {}).items()
                                      if isinstance(v, int | float)}}
-        self.store.update(job_id, figures=figures, warnings=[*rec.warnings, *body.get("warnings", [])],
+        self.store.update(job_id, figures=figures, warnings=_add(rec.warnings, *body.get("warnings", [])),
                           fraction=1.0, stage="done")
         metrics.JOB_SECONDS.observe(time.monotonic() - run.started)
         self._end(job_id, SUCCEEDED)
+
+
+def _add(warnings: list[str], *new: str) -> list[str]:
+    """``warnings`` plus ``new``, each once: a job that runs again must not repeat its warnings."""
+    return list(dict.fromkeys([*warnings, *new]))

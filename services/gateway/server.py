@@ -2,16 +2,21 @@
 
 Every error is a gRPC status with a message a person can act on: INVALID_ARGUMENT names the
 field, NOT_FOUND the job, FAILED_PRECONDITION says why a video cannot be read, PERMISSION_DENIED
-refuses paths outside the data root.
+refuses paths outside the data root, RESOURCE_EXHAUSTED an upload over the limit (or a full
+volume), INTERNAL a bug (logged with its traceback; the message says where to look).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import shutil
+import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -25,9 +30,13 @@ from shoal.video import VideoError, probe_video
 from .jobstore import JobRecord, JobStore
 from .scheduler import Scheduler
 
+log = logging.getLogger("shoal.gateway")
+
 STATES = {"QUEUED": pb.QUEUED, "RUNNING": pb.RUNNING, "SUCCEEDED": pb.SUCCEEDED, "FAILED": pb.FAILED,
           "CANCELLED": pb.CANCELLED}
 RESULT_BLOCK_FRAMES = 2000
+#: free space an upload must leave on the data volume, for session folders and the job store
+UPLOAD_HEADROOM_BYTES = 64 << 20
 
 
 class RequestError(Exception):
@@ -83,9 +92,17 @@ def job_message(rec: JobRecord) -> pb.Job:
 
 
 class JobService(pb_grpc.JobServiceServicer):
-    def __init__(self, store: JobStore, scheduler: Scheduler, data_root: Path):
+    """``max_upload_bytes`` bounds one ``SubmitUpload`` (0 = uploads off); ``max_watchers`` bounds the
+    ``WatchJob`` streams open at once, each of which holds a server thread, so watchers can never
+    starve the other calls of threads."""
+
+    def __init__(self, store: JobStore, scheduler: Scheduler, data_root: Path, *, max_upload_bytes: int = 256 << 20,
+                 max_watchers: int = 48):
         self.store, self.scheduler = store, scheduler
         self.data_root = Path(os.path.realpath(data_root))
+        self.max_upload_bytes = max_upload_bytes
+        self.max_watchers = max_watchers
+        self._watch_slots = threading.BoundedSemaphore(max_watchers)
 
     # -- helpers --
 
@@ -103,20 +120,19 @@ class JobService(pb_grpc.JobServiceServicer):
             raise RequestError(grpc.StatusCode.NOT_FOUND, f"no job with id {job_id!r}")
         return rec
 
-    # -- RPCs --
-
-    def SubmitJob(self, request: pb.SubmitJobRequest, context: grpc.ServicerContext) -> pb.Job:
-        return _guard(context, lambda: self._submit(request))
-
-    def _submit(self, request: pb.SubmitJobRequest) -> pb.Job:
-        if not request.video_paths:
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "video_paths: give at least one video")
-        videos = [self._inside_root(p, "video") for p in request.video_paths]
+    def _params(self, request: pb.SubmitJobRequest, videos: list[str]) -> TrackingParams:
         try:
-            params = TrackingParams.from_dict({**params_from_proto(request.params), "video_paths": videos})
-            params.validate()
+            return TrackingParams.from_dict({**params_from_proto(request.params), "video_paths": videos}).validate()
         except ParamError as exc:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+
+    def _output_dir(self, request: pb.SubmitJobRequest, job_id: str) -> str:
+        return self._inside_root(request.output_dir or str(self.data_root / "sessions" / job_id), "output_dir")
+
+    def _create(self, request: pb.SubmitJobRequest, videos: list[str], job_id: str) -> pb.Job:
+        """Check the parameters against the videos themselves, then store the job and wake the scheduler."""
+        params = self._params(request, videos)
+        output_dir = self._output_dir(request, job_id)
         try:
             info = probe_video(videos)
         except VideoError as exc:
@@ -126,19 +142,111 @@ class JobService(pb_grpc.JobServiceServicer):
                 raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
                                    f"tracking_intervals: interval {i} ends at frame {end} but the video has "
                                    f"{info.n_frames} frames")
-        job_id = uuid.uuid4().hex[:12]
-        out = request.output_dir or str(self.data_root / "sessions" / job_id)
-        output_dir = self._inside_root(out, "output_dir")
         name = request.name or Path(videos[0]).stem
         rec = self.store.create(job_id, name, params.to_dict(), videos, output_dir)
         self.scheduler.poke()
         return job_message(rec)
+
+    # -- RPCs --
+
+    def SubmitJob(self, request: pb.SubmitJobRequest, context: grpc.ServicerContext) -> pb.Job:
+        return _guard(context, lambda: self._submit(request))
+
+    def _submit(self, request: pb.SubmitJobRequest) -> pb.Job:
+        if not request.video_paths:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "video_paths: give at least one video")
+        videos = [self._inside_root(p, "video") for p in request.video_paths]
+        return self._create(request, videos, _new_job_id())
+
+    def SubmitUpload(self, request_iterator: Iterator[pb.SubmitUploadRequest],
+                     context: grpc.ServicerContext) -> pb.Job:
+        return _guard(context, lambda: self._upload(request_iterator))
+
+    def _upload(self, requests: Iterator[pb.SubmitUploadRequest]) -> pb.Job:
+        """Write the streamed files to ``<data root>/uploads/<job id>/``, then submit them as a job.
+
+        The request is checked before any byte is written, the size limit while bytes arrive, and
+        every failure (including the client going away) removes the partial folder.
+        """
+        first = next(requests, None)
+        if first is None or first.WhichOneof("part") != "job":
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               "job: the first SubmitUpload message must be the job (a SubmitJobRequest)")
+        head = first.job
+        if head.video_paths:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               "job.video_paths: leave it empty in SubmitUpload; send each video as a `file` "
+                               "message followed by its bytes in `data` messages")
+        if self.max_upload_bytes <= 0:
+            raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                               "uploads are off on this gateway (max_upload_mb = 0): copy the video to the data "
+                               "volume and use SubmitJob with its path")
+        job_id = _new_job_id()
+        self._params(head, ["upload"])  # fail fast on bad parameters, before any byte is sent
+        self._output_dir(head, job_id)
+        folder = self.data_root / "uploads" / job_id
+        try:
+            videos = self._receive(requests, folder)
+            return self._create(head, videos, job_id)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+
+    def _receive(self, requests: Iterator[pb.SubmitUploadRequest], folder: Path) -> list[str]:
+        limit = self.max_upload_bytes
+        folder.mkdir(parents=True)
+        files: list[tuple[Path, int]] = []  # (path, declared size or -1)
+        received = 0
+        sink = None
+        try:
+            for msg in requests:
+                part = msg.WhichOneof("part")
+                if part == "file":
+                    if sink is not None:
+                        _finish(sink, *files[-1])
+                    name = _plain_name(msg.file.name)
+                    if any(p.name == name for p, _ in files):
+                        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                                           f"file.name: {name!r} is uploaded twice; give each file its own name")
+                    if msg.file.size < 0:
+                        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"file.size: {name}: must be >= 0")
+                    if received + msg.file.size > limit:  # the earlier files are complete: fail before the bytes
+                        raise _too_big(received + msg.file.size, limit)
+                    if shutil.disk_usage(folder).free < msg.file.size + UPLOAD_HEADROOM_BYTES:
+                        raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                           f"the data volume has too little free space for {name} "
+                                           f"({msg.file.size} bytes); free some space or ask the operator")
+                    files.append((folder / name, msg.file.size if msg.file.HasField("size") else -1))
+                    sink = open(folder / f".{name}.part", "wb")  # noqa: SIM115 - closed by _finish or below
+                elif part == "data":
+                    if sink is None:
+                        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                                           "data: a `file` message must come before the file's bytes")
+                    received += len(msg.data)
+                    if received > limit:
+                        raise _too_big(received, limit)
+                    sink.write(msg.data)
+                else:
+                    raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                                       "job: send the job only once, as the first message")
+            if sink is None:
+                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                                   "file: the upload holds no file; send a `file` message and its `data`")
+            _finish(sink, *files[-1])
+            sink = None
+        finally:
+            if sink is not None:
+                sink.close()
+        return [str(p) for p, _ in files]
 
     def GetJob(self, request: pb.JobRef, context: grpc.ServicerContext) -> pb.Job:
         return _guard(context, lambda: job_message(self._get(request.job_id)))
 
     def ListJobs(self, request: pb.ListJobsRequest, context: grpc.ServicerContext) -> pb.ListJobsResponse:
         def run() -> pb.ListJobsResponse:
+            if request.state and request.state not in STATES.values():
+                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                                   f"state: {request.state} is not a JobState; use one of {', '.join(STATES)}")
             state = pb.JobState.Name(request.state) if request.state else None
             if request.page_size < 0:
                 raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "page_size: must be >= 0")
@@ -166,11 +274,19 @@ class JobService(pb_grpc.JobServiceServicer):
 
         return _guard(context, run)
 
-    def WatchJob(self, request: pb.JobRef, context: grpc.ServicerContext):
+    def WatchJob(self, request: pb.JobRef, context: grpc.ServicerContext) -> Iterator[pb.JobEvent]:
+        rec = _guard(context, lambda: self._get(request.job_id))
+        if not self._watch_slots.acquire(blocking=False):
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"{self.max_watchers} WatchJob streams are open on this gateway, the most it allows; "
+                          f"poll GetJob instead, or watch again later")
         try:
-            rec = self._get(request.job_id)
-        except RequestError as exc:
-            context.abort(exc.code, str(exc))
+            yield from self._watch(rec, context)
+        finally:
+            self._watch_slots.release()
+
+    def _watch(self, rec: JobRecord, context: grpc.ServicerContext) -> Iterator[pb.JobEvent]:
+        """Events until the job ends or the client leaves; the job itself never depends on a watcher."""
         last = -1.0
         while context.is_active():
             if rec.updated != last:
@@ -180,13 +296,10 @@ class JobService(pb_grpc.JobServiceServicer):
                     return
             with self.store.changed:
                 self.store.changed.wait(timeout=1.0)
-            rec = self._get(request.job_id)
+            rec = self.store.get(rec.job_id) or rec
 
-    def GetResult(self, request: pb.JobRef, context: grpc.ServicerContext):
-        try:
-            rec = self._get(request.job_id)
-        except RequestError as exc:
-            context.abort(exc.code, str(exc))
+    def GetResult(self, request: pb.JobRef, context: grpc.ServicerContext) -> Iterator[pb.ResultChunk]:
+        rec = _guard(context, lambda: self._get(request.job_id))
         if rec.state != "SUCCEEDED":
             context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                           f"job {rec.job_id} is {rec.state.lower()}; results exist only for succeeded jobs")
@@ -222,8 +335,48 @@ def _eta(rec: JobRecord) -> float:
     return elapsed * (1 - rec.fraction) / rec.fraction
 
 
+def _new_job_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def _plain_name(name: str) -> str:
+    """An uploaded file's name, refused unless it is one plain path component (no folders, no ``..``)."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name or name.startswith("."):
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"file.name: {name!r} is not a plain file name; send e.g. 'trial1.avi' without folders")
+    return name
+
+
+def _too_big(size: int, limit: int) -> RequestError:
+    return RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"the upload is over this gateway's limit of {limit / 2**20:g} MiB (at least {size} bytes): "
+                        f"copy the video to the data volume and use SubmitJob with its path, or ask the operator "
+                        f"to raise max_upload_mb")
+
+
+def _finish(sink, path: Path, declared: int) -> None:
+    """Flush a received file to disk and move it to its name; a size that differs from the declared one
+    means a client bug or a truncated stream, so the upload is refused."""
+    size = sink.tell()
+    sink.flush()
+    os.fsync(sink.fileno())
+    sink.close()
+    if declared >= 0 and size != declared:
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"file.size: {path.name} was declared as {declared} bytes but {size} arrived")
+    os.replace(sink.name, path)
+
+
 def _guard(context: grpc.ServicerContext, fn):
+    """Run ``fn``; turn a RequestError into its status, and any other exception (a bug, a full disk) into
+    INTERNAL with a message that points to the log, instead of grpc's bare UNKNOWN."""
     try:
         return fn()
     except RequestError as exc:
         context.abort(exc.code, str(exc))
+    except Exception as exc:
+        if not context.is_active():  # the client went away mid-call (e.g. a cancelled upload): nobody to tell
+            context.abort(grpc.StatusCode.CANCELLED, "the client cancelled the call")
+        log.exception("internal error")
+        context.abort(grpc.StatusCode.INTERNAL, f"internal error in the gateway ({type(exc).__name__}: {exc}); "
+                                                f"see the gateway's log, and retry if it was transient")

@@ -202,7 +202,9 @@ def train_contrastive(
     def draw(fragment_idx: np.ndarray) -> np.ndarray:
         return flat[starts[fragment_idx] + (rng.random(len(fragment_idx)) * lengths[fragment_idx]).astype(np.int64)]
 
-    best_silhouette, best_state, best_centres = -1.0, copy.deepcopy(model.state_dict()), None
+    # best checkpoint so far, by agreement with the fragments, then silhouette
+    best: tuple[float, float, dict, torch.Tensor | None] = (-1.0, -1.0, copy.deepcopy(model.state_dict()), None)
+    top_silhouette = top_agreement = -1.0
     since_best, agreeing, step, reason = 0, 0, 0, "step budget"
     history: list[tuple[int, float, float]] = []
     running_loss, started = 0.0, time.monotonic()
@@ -248,22 +250,26 @@ def train_contrastive(
             progress("contrastive", min(step / settings.max_steps, 1.0), {"loss": running_loss, "silhouette": score})
         agreeing = agreeing + 1 if agreement >= settings.agreement_target else 0
         if agreeing >= 2:
-            best_silhouette, best_state, best_centres = score, copy.deepcopy(model.state_dict()), centres
+            best = (agreement, score, copy.deepcopy(model.state_dict()), centres)
             reason = f"clusters agree with the fragments ({agreement:.4f})"
             break
-        if score > best_silhouette + 1e-4:
-            best_silhouette, best_state, best_centres, since_best = score, copy.deepcopy(model.state_dict()), centres, 0
-        else:
-            since_best += 1
-        if best_silhouette > SILHOUETTE_TARGET and since_best >= 2:
+        # progress is either measure rising: the silhouette often dips and plateaus for hundreds of
+        # steps before the animals separate, while the agreement already creeps up
+        improved = score > top_silhouette + 1e-4 or agreement > top_agreement + 0.005
+        top_silhouette, top_agreement = max(top_silhouette, score), max(top_agreement, agreement)
+        if (agreement, score) > best[:2]:
+            best = (agreement, score, copy.deepcopy(model.state_dict()), centres)
+        since_best = 0 if improved else since_best + 1
+        if score > SILHOUETTE_TARGET and since_best >= 2:
             reason = "silhouette target reached"
             break
         if since_best >= settings.patience:
-            reason = "silhouette stopped improving"
+            reason = "stopped improving"
             break
         if time.monotonic() - started > settings.max_seconds:
             reason = "time budget"
             break
+    _, best_silhouette, best_state, best_centres = best
     model.load_state_dict(best_state)
     if best_centres is None:
         embeddings = apply_in_batches(model, images[sample_rows]).to(device)

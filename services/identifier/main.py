@@ -7,6 +7,7 @@ Sockets: ``batches`` (PULL, small high-water mark: a busy identifier slows the s
 
 from __future__ import annotations
 
+import math
 import queue
 import signal
 import sys
@@ -32,7 +33,24 @@ CROPS_STORED = Counter("shoal_crops_stored_total", "Identification images receiv
 BATCHES = Counter("shoal_blob_batches_total", "Blob batches received, by outcome", ["outcome"])
 REQUEST_SECONDS = Histogram("shoal_identifier_request_duration_seconds", "Time to answer a request", ["kind"],
                             buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800))
-GPU_MEMORY = Gauge("shoal_gpu_memory_bytes", "GPU memory allocated by the identifier")
+BATCH_SECONDS = Histogram("shoal_identifier_batch_duration_seconds", "Time to store one blob batch and forward it",
+                          buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+BATCH_IMAGES = Histogram("shoal_identifier_batch_images", "Identification images per blob batch received",
+                         buckets=(10, 30, 100, 300, 1000, 3000, 10000, 30000, 100000))
+FRAMES_STORED = Counter("shoal_frames_stored_total", "Frames whose identification images were stored")
+IN_FLIGHT = Gauge("shoal_tasks_in_flight", "Tasks being worked on now, by stage", ["stage"]).labels("identify")
+QUEUE_DEPTH = Gauge("shoal_queue_depth", "Work waiting for a worker of each stage", ["stage"]).labels("identify")
+TRAINING_STEPS = Counter("shoal_training_steps_total",
+                         "Identity training steps (contrastive: optimiser steps; accumulation: rounds)", ["network"])
+TRAINING_LOSS = Gauge("shoal_training_loss", "Latest training loss reported by each identity network", ["network"])
+GPU_MEMORY = Gauge("shoal_gpu_memory_bytes", "GPU memory allocated by the identifier now (0 on CPU)")
+GPU_MEMORY_PEAK = Gauge("shoal_gpu_memory_peak_bytes", "Most GPU memory the identifier has allocated (0 on CPU)")
+for _outcome in ("stored", "duplicate"):
+    BATCHES.labels(_outcome)
+for _kind in ("classify_crossings", "learn_identities"):
+    REQUEST_SECONDS.labels(_kind)
+for _network in ("contrastive", "accumulation"):
+    TRAINING_STEPS.labels(_network)
 
 
 @dataclass
@@ -59,6 +77,10 @@ class Identifier:
         self.inbox: queue.Queue[tuple[bytes, Message] | None] = queue.Queue()
         self.outbox: queue.Queue[tuple[bytes, Message]] = queue.Queue()
         self.stopping = False
+        QUEUE_DEPTH.set_function(self.inbox.qsize)
+        if self.device.type == "cuda":
+            GPU_MEMORY.set_function(lambda: torch.cuda.memory_allocated(self.device))
+            GPU_MEMORY_PEAK.set_function(lambda: torch.cuda.max_memory_allocated(self.device))
         threading.Thread(target=self._serve_requests, name="requests", daemon=True).start()
         log.info("identifier %s on %s; batches %s, requests %s", self.control.worker_id, self.device,
                  endpoints["batches"], endpoints["requests"])
@@ -88,6 +110,7 @@ class Identifier:
         self.control.close()
 
     def on_batch(self, msg: Message) -> None:
+        t0 = time.perf_counter()
         job, chunk = msg["job"], msg["chunk"]
         store = self.store(job)
         crops = msg.arrays.pop("crops")
@@ -96,20 +119,34 @@ class Identifier:
         else:
             store.put(chunk, crops)
             CROPS_STORED.inc(len(crops))
+            FRAMES_STORED.inc(msg["stop"] - msg["start"])
+            BATCH_IMAGES.observe(len(crops))
             BATCHES.labels("stored").inc()
         body = {k: msg[k] for k in ("job", "chunk", "attempt", "start", "stop", "n_chunks")}
         send(self._pusher(msg["assembler"]), Message("chunk_geometry", body, msg.arrays))
+        BATCH_SECONDS.observe(time.perf_counter() - t0)
 
     def _serve_requests(self) -> None:
         """Training and prediction run here, one request at a time, off the socket-owning thread."""
         while (item := self.inbox.get()) is not None:
-            self.on_request(*item)
+            with IN_FLIGHT.track_inprogress():
+                self.on_request(*item)
 
     def on_request(self, route: bytes, req: Message) -> None:
         t0 = time.perf_counter()
         job = req["job"]
+        contrastive_steps = 0
 
         def progress(stage: str, fraction: float, figures: dict) -> None:
+            nonlocal contrastive_steps
+            if stage == "contrastive":  # reported every few steps as steps / max_steps
+                step = round(fraction * identifier.settings.max_steps)
+                TRAINING_STEPS.labels(stage).inc(max(0, step - contrastive_steps))
+                contrastive_steps = max(step, contrastive_steps)
+            elif stage == "accumulation":  # reported once per accumulation round
+                TRAINING_STEPS.labels(stage).inc()
+            if stage in ("contrastive", "accumulation") and math.isfinite(figures.get("loss", math.nan)):
+                TRAINING_LOSS.labels(stage).set(figures["loss"])
             self.outbox.put((route, Message("progress", {"job": job, "stage": stage, "fraction": fraction,
                                                          "figures": figures})))
 
@@ -127,8 +164,6 @@ class Identifier:
         reply.body["job"] = job
         self.outbox.put((route, reply))
         REQUEST_SECONDS.labels(req.type).observe(time.perf_counter() - t0)
-        if self.device.type == "cuda":
-            GPU_MEMORY.set(torch.cuda.max_memory_allocated())
 
     def _pusher(self, endpoint: str) -> zmq.Socket:
         if endpoint not in self.pushers:

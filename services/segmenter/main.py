@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import zmq
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from shoal.codec import Message
 from shoal.config import parse_config, setup_logging
@@ -32,6 +32,7 @@ BLOBS = Counter("shoal_blobs_total", "Blobs found")
 CROPS = Counter("shoal_crops_produced_total", "Identification images produced")
 TASK_SECONDS = Histogram("shoal_segment_task_duration_seconds", "Time to segment one chunk and send it",
                          buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 40, 80, 160))
+IN_FLIGHT = Gauge("shoal_tasks_in_flight", "Tasks being worked on now, by stage", ["stage"]).labels("segment")
 
 #: errors that no retry can fix: the job fails with the message
 FATAL = (VideoError, SegmentationError, RoiError, ParamError)
@@ -89,7 +90,8 @@ class Segmenter:
     def _work(self) -> None:
         pushers: dict[str, zmq.Socket] = {}
         while (task := self.tasks.get()) is not None:
-            self.outbox.put(self.handle(task, pushers))
+            with IN_FLIGHT.track_inprogress():
+                self.outbox.put(self.handle(task, pushers))
         for sock in pushers.values():
             sock.close(linger=1000)
 

@@ -87,6 +87,24 @@ class SubmitJobRequest(_message.Message):
     name: str
     def __init__(self, video_paths: _Optional[_Iterable[str]] = ..., params: _Optional[_Union[TrackingParams, _Mapping]] = ..., output_dir: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
 
+class SubmitUploadRequest(_message.Message):
+    __slots__ = ("job", "file", "data")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    FILE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    job: SubmitJobRequest
+    file: UploadFile
+    data: bytes
+    def __init__(self, job: _Optional[_Union[SubmitJobRequest, _Mapping]] = ..., file: _Optional[_Union[UploadFile, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class UploadFile(_message.Message):
+    __slots__ = ("name", "size")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    size: int
+    def __init__(self, name: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
+
 class StageProgress(_message.Message):
     __slots__ = ("stage", "fraction", "done", "total")
     STAGE_FIELD_NUMBER: _ClassVar[int]

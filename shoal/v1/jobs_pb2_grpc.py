@@ -26,7 +26,11 @@ if _version_not_supported:
 
 
 class JobServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """Errors are gRPC status codes with a message that says what to change: INVALID_ARGUMENT (names the field),
+    NOT_FOUND, PERMISSION_DENIED (a path outside the data root), FAILED_PRECONDITION (an unreadable video, an
+    unfinished job), RESOURCE_EXHAUSTED (an upload over the size limit), UNAUTHENTICATED (a missing or wrong
+    bearer token, when the gateway requires one), DATA_LOSS (an incomplete session folder).
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -37,6 +41,11 @@ class JobServiceStub:
         self.SubmitJob = channel.unary_unary(
                 '/shoal.v1.JobService/SubmitJob',
                 request_serializer=shoal_dot_v1_dot_jobs__pb2.SubmitJobRequest.SerializeToString,
+                response_deserializer=shoal_dot_v1_dot_jobs__pb2.Job.FromString,
+                _registered_method=True)
+        self.SubmitUpload = channel.stream_unary(
+                '/shoal.v1.JobService/SubmitUpload',
+                request_serializer=shoal_dot_v1_dot_jobs__pb2.SubmitUploadRequest.SerializeToString,
                 response_deserializer=shoal_dot_v1_dot_jobs__pb2.Job.FromString,
                 _registered_method=True)
         self.GetJob = channel.unary_unary(
@@ -67,10 +76,22 @@ class JobServiceStub:
 
 
 class JobServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Errors are gRPC status codes with a message that says what to change: INVALID_ARGUMENT (names the field),
+    NOT_FOUND, PERMISSION_DENIED (a path outside the data root), FAILED_PRECONDITION (an unreadable video, an
+    unfinished job), RESOURCE_EXHAUSTED (an upload over the size limit), UNAUTHENTICATED (a missing or wrong
+    bearer token, when the gateway requires one), DATA_LOSS (an incomplete session folder).
+    """
 
     def SubmitJob(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitUpload(self, request_iterator, context):
+        """Like SubmitJob for videos the client has and the data volume has not: the files are written under
+        <data root>/uploads/<job id>/ and the job reads them from there. RESOURCE_EXHAUSTED past the size limit.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -113,6 +134,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     request_deserializer=shoal_dot_v1_dot_jobs__pb2.SubmitJobRequest.FromString,
                     response_serializer=shoal_dot_v1_dot_jobs__pb2.Job.SerializeToString,
             ),
+            'SubmitUpload': grpc.stream_unary_rpc_method_handler(
+                    servicer.SubmitUpload,
+                    request_deserializer=shoal_dot_v1_dot_jobs__pb2.SubmitUploadRequest.FromString,
+                    response_serializer=shoal_dot_v1_dot_jobs__pb2.Job.SerializeToString,
+            ),
             'GetJob': grpc.unary_unary_rpc_method_handler(
                     servicer.GetJob,
                     request_deserializer=shoal_dot_v1_dot_jobs__pb2.JobRef.FromString,
@@ -147,7 +173,11 @@ def add_JobServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class JobService:
-    """Missing associated documentation comment in .proto file."""
+    """Errors are gRPC status codes with a message that says what to change: INVALID_ARGUMENT (names the field),
+    NOT_FOUND, PERMISSION_DENIED (a path outside the data root), FAILED_PRECONDITION (an unreadable video, an
+    unfinished job), RESOURCE_EXHAUSTED (an upload over the size limit), UNAUTHENTICATED (a missing or wrong
+    bearer token, when the gateway requires one), DATA_LOSS (an incomplete session folder).
+    """
 
     @staticmethod
     def SubmitJob(request,
@@ -165,6 +195,33 @@ class JobService:
             target,
             '/shoal.v1.JobService/SubmitJob',
             shoal_dot_v1_dot_jobs__pb2.SubmitJobRequest.SerializeToString,
+            shoal_dot_v1_dot_jobs__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitUpload(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/shoal.v1.JobService/SubmitUpload',
+            shoal_dot_v1_dot_jobs__pb2.SubmitUploadRequest.SerializeToString,
             shoal_dot_v1_dot_jobs__pb2.Job.FromString,
             options,
             channel_credentials,
