@@ -3,6 +3,10 @@
 Unlike :class:`shoal.local.LocalCluster`, the ports are fixed for the life of the set, so a test can
 kill the gateway and start it again where the workers (and clients) expect it, and it can start any
 number of assemblers or none. Every process dies with the test process (``PR_SET_PDEATHSIG``).
+
+The children are not started with a ``preexec_fn``: that makes ``subprocess`` fork the test process
+itself, and grpc's fork handlers can then crash the child before ``exec`` while the test holds an
+open channel. A two-line launcher in the child sets the death signal instead.
 """
 
 from __future__ import annotations
@@ -18,12 +22,14 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from shoal.local import _die_with_parent
 from shoal.simulate import SimulationConfig, write_simulation
 from shoal.v1 import jobs_pb2 as pb
 from shoal.v1 import jobs_pb2_grpc as pb_grpc
 
 START_TIMEOUT_S = 30
+#: runs ``python -m MODULE ARGS`` after asking Linux to SIGTERM it when the test process dies
+LAUNCHER = ("import ctypes, os, runpy, signal, sys; ctypes.CDLL('libc.so.6').prctl(1, signal.SIGTERM); "
+            "os.setpgrp(); sys.argv = sys.argv[1:]; runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)")
 
 
 def free_port() -> int:
@@ -64,8 +70,8 @@ class Services:
         self.stop()
 
     def _spawn(self, name: str, module: str, args: list[str], **kwargs) -> subprocess.Popen:
-        proc = subprocess.Popen([sys.executable, "-m", module, *args], stdin=subprocess.DEVNULL, stderr=self._log,
-                                env=self.env, preexec_fn=_die_with_parent, **kwargs)
+        proc = subprocess.Popen([sys.executable, "-c", LAUNCHER, module, *args], stdin=subprocess.DEVNULL,
+                                stderr=self._log, env=self.env, **kwargs)
         self.procs[name] = proc
         return proc
 

@@ -36,8 +36,8 @@ CHUNKS = Counter("shoal_chunks_assembled_total", "Chunks of geometry received, b
 STAGE_SECONDS = Histogram("shoal_stage_duration_seconds", "Duration of each assembler stage of a job", ["stage"],
                           buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600))
 FRAMES_TRACKED = Counter("shoal_frames_tracked_total", "Frames of jobs whose tracking finished")
-IN_FLIGHT = Gauge("shoal_tasks_in_flight", "Tasks being worked on now, by stage", ["stage"]).labels("assemble")
-QUEUE_DEPTH = Gauge("shoal_queue_depth", "Work waiting for a worker of each stage", ["stage"]).labels("assemble")
+IN_FLIGHT = Gauge("shoal_assembler_jobs_in_flight", "Jobs this assembler is tracking")
+WAITING = Gauge("shoal_assembler_jobs_waiting", "Jobs assigned to this assembler that still collect chunks")
 for _outcome in ("new", "duplicate"):
     CHUNKS.labels(_outcome)
 
@@ -115,7 +115,7 @@ class Assembler:
         self.outbox: queue.Queue[Message] = queue.Queue()
         self.stopping = False
         # jobs assigned here and still collecting chunks (list(): one C-level copy of a dict two threads change)
-        QUEUE_DEPTH.set_function(lambda: sum(s.spec is not None and not s.started for s in list(self.jobs.values())))
+        WAITING.set_function(lambda: sum(s.spec is not None and not s.started for s in list(self.jobs.values())))
         log.info("assembler %s; geometry on %s", self.control.worker_id, endpoint)
 
     def run(self) -> None:

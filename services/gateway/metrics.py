@@ -54,15 +54,14 @@ def forget_job(job_id: str) -> None:
 
 class SchedulerCollector(Collector):
     """Queue depth, jobs by state and per-job overall progress and ETA, read from the scheduler and
-    the job store at each scrape (KEDA scales the segmenters on ``shoal_queue_depth{stage="segment"}``)."""
+    the job store at each scrape (KEDA scales the segmenters on ``shoal_segment_tasks_waiting``)."""
 
     def __init__(self, scheduler: Scheduler, store: JobStore):
         self.scheduler, self.store = scheduler, store
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        queue = GaugeMetricFamily("shoal_queue_depth", "Work waiting for a worker of each stage", labels=["stage"])
-        queue.add_metric(["segment"], len(self.scheduler.pending))
-        yield queue
+        yield GaugeMetricFamily("shoal_segment_tasks_waiting", "Segment and probe tasks waiting for a segmenter",
+                                value=len(self.scheduler.pending))
         queued = self.store.list(state="QUEUED", limit=1_000_000)
         running = self.store.list(state="RUNNING", limit=1_000_000)
         jobs = GaugeMetricFamily("shoal_jobs", "Jobs not yet ended, by state", labels=["state"])

@@ -93,6 +93,9 @@ class Scheduler(threading.Thread):
         self.ctx = zmq.Context.instance()
         self.sock = make_socket(self.ctx, zmq.ROUTER)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        # a worker that reconnects keeps its id: its new connection must replace the old one at once,
+        # or its re-`hello` is dropped while the ROUTER still holds the dead connection
+        self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self.endpoint = bind(self.sock, control_endpoint)
         self.workers: dict[bytes, Worker] = {}
         self.runs: dict[str, JobRun] = {}
@@ -100,6 +103,7 @@ class Scheduler(threading.Thread):
         self.commands: queue.Queue[tuple[str, str]] = queue.Queue()
         self.stopping = threading.Event()
         self._last_beat = 0.0
+        self._reregister_sent: dict[bytes, float] = {}
 
     # -- called from gRPC threads -------------------------------------------------------------
 
@@ -152,11 +156,17 @@ class Scheduler(threading.Thread):
             if worker is not None:
                 self._worker_lost(worker, "re-registered")
             self.workers[wid] = Worker(wid, msg["role"], dict(msg.body), now)
+            self._reregister_sent.pop(wid, None)
             log.info("%s joined", wid.decode())
             metrics.WORKERS.labels(msg["role"]).inc()
+            self._send(wid, Message("registered"))  # a segmenter answers with `ready`: its credit after a reconnect
             return
         if worker is None:  # a worker we declared dead, or one from before a restart: ask it to re-register
-            self._send(wid, Message("reregister"))
+            # once a heartbeat: after a restart, a worker's queued messages arrive in a burst, and one
+            # `reregister` each would make it reconnect again and again
+            if now - self._reregister_sent.get(wid, -HEARTBEAT_S) >= HEARTBEAT_S:
+                self._reregister_sent[wid] = now
+                self._send(wid, Message("reregister"))
             return
         worker.last_seen = now
         body = msg.body

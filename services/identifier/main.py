@@ -38,8 +38,8 @@ BATCH_SECONDS = Histogram("shoal_identifier_batch_duration_seconds", "Time to st
 BATCH_IMAGES = Histogram("shoal_identifier_batch_images", "Identification images per blob batch received",
                          buckets=(10, 30, 100, 300, 1000, 3000, 10000, 30000, 100000))
 FRAMES_STORED = Counter("shoal_frames_stored_total", "Frames whose identification images were stored")
-IN_FLIGHT = Gauge("shoal_tasks_in_flight", "Tasks being worked on now, by stage", ["stage"]).labels("identify")
-QUEUE_DEPTH = Gauge("shoal_queue_depth", "Work waiting for a worker of each stage", ["stage"]).labels("identify")
+IN_FLIGHT = Gauge("shoal_identifier_requests_in_flight", "Training or prediction requests being answered")
+WAITING = Gauge("shoal_identifier_requests_waiting", "Requests waiting for the one being answered")
 TRAINING_STEPS = Counter("shoal_training_steps_total",
                          "Identity training steps (contrastive: optimiser steps; accumulation: rounds)", ["network"])
 TRAINING_LOSS = Gauge("shoal_training_loss", "Latest training loss reported by each identity network", ["network"])
@@ -77,7 +77,7 @@ class Identifier:
         self.inbox: queue.Queue[tuple[bytes, Message] | None] = queue.Queue()
         self.outbox: queue.Queue[tuple[bytes, Message]] = queue.Queue()
         self.stopping = False
-        QUEUE_DEPTH.set_function(self.inbox.qsize)
+        WAITING.set_function(self.inbox.qsize)
         if self.device.type == "cuda":
             GPU_MEMORY.set_function(lambda: torch.cuda.memory_allocated(self.device))
             GPU_MEMORY_PEAK.set_function(lambda: torch.cuda.max_memory_allocated(self.device))

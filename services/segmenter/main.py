@@ -32,7 +32,7 @@ BLOBS = Counter("shoal_blobs_total", "Blobs found")
 CROPS = Counter("shoal_crops_produced_total", "Identification images produced")
 TASK_SECONDS = Histogram("shoal_segment_task_duration_seconds", "Time to segment one chunk and send it",
                          buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 40, 80, 160))
-IN_FLIGHT = Gauge("shoal_tasks_in_flight", "Tasks being worked on now, by stage", ["stage"]).labels("segment")
+IN_FLIGHT = Gauge("shoal_segment_tasks_in_flight", "Tasks this segmenter is working on")
 
 #: errors that no retry can fix: the job fails with the message
 FATAL = (VideoError, SegmentationError, RoiError, ParamError)
