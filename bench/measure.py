@@ -219,12 +219,11 @@ def run_case(case: Case, files: dict[str, Path], work: Path, *, segmenters: int 
                         device="cuda" if torch.cuda.is_available() else "cpu")
     folder = work / case.name
     shutil.rmtree(folder, ignore_errors=True)
-    n_decoded, result.decode_s = decode_seconds(files["video"])
-    result.n_frames = n_decoded
     video = str(files["video"].resolve())
     cluster = LocalCluster(Path("/"), folder / "cluster", segmenters)
-    started = time.monotonic()
     try:
+        result.n_frames, result.decode_s = decode_seconds(files["video"])
+        started = time.monotonic()
         cluster.start()
         client = Client(cluster.grpc_address)
         client.wait_ready()

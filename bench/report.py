@@ -72,6 +72,8 @@ def commit() -> str:
 
 
 def case_tables(results: list[CaseResult]) -> list[str]:
+    if not results:
+        return []
     ok = [r for r in results if not r.error]
     lines = ["## Accuracy and speed", "",
              "Identity run (`shoal track` pipeline, local mode) and the position-only baseline "
@@ -237,13 +239,17 @@ def plot(results: list[CaseResult], path: Path) -> str:
             label="position-only baseline")
     ax1.axhline(0.99, color="k", lw=0.8, ls="--", label="target 0.99")
     ax1.set(xticks=x, xticklabels=names, ylim=(0, 1.02), ylabel="identity accuracy (outside crossings)")
-    ax1.legend(loc="lower left", fontsize=8)
+    ax1.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3, fontsize=8)
     ax2.bar([i - width / 2 for i in x], [r.wall_s for r in ok], width, label="end to end")
     ax2.bar([i + width / 2 for i in x], [r.decode_s for r in ok], width, label="decode only")
     for i, r in enumerate(ok):
         ax2.annotate(f"{r.decode_ratio:.1f}×", (i - width / 2, r.wall_s), ha="center", va="bottom", fontsize=8)
-    ax2.set(xticks=x, xticklabels=names, ylabel="seconds", yscale="log")
-    ax2.legend(loc="upper left", fontsize=8)
+    ax2.set_title("end to end / decode above the bars", fontsize=9)
+    top = max(max(r.wall_s, r.decode_s) for r in ok)
+    ax2.set(xticks=x, xticklabels=names, ylabel="seconds (log)", yscale="log", ylim=(None, top * 2))
+    ax2.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, fontsize=8)
+    for ax in (ax1, ax2):
+        ax.set_xlim(-0.8, len(ok) - 0.2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -203,3 +203,9 @@ def test_negative_page_size_is_invalid_argument(stub, failed_job):
     err = _error(stub.ListJobs, pb.ListJobsRequest(page_size=-1))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "page_size" in err.details()
+
+
+def test_unknown_state_filter_is_invalid_argument(stub):
+    err = _error(stub.ListJobs, pb.ListJobsRequest(state=42))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "state" in err.details() and "QUEUED" in err.details()

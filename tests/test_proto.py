@@ -37,4 +37,4 @@ def test_service_has_the_documented_rpcs():
     service = jobs_pb2.DESCRIPTOR.services_by_name["JobService"]
     assert service.full_name == "shoal.v1.JobService"
     assert {m.name for m in service.methods} == {
-        "SubmitJob", "GetJob", "ListJobs", "CancelJob", "WatchJob", "GetResult"}
+        "SubmitJob", "SubmitUpload", "GetJob", "ListJobs", "CancelJob", "WatchJob", "GetResult"}

@@ -86,7 +86,7 @@ class JobStore:
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (job_id, seq, name, QUEUED, output_dir, now, now, json.dumps(params), json.dumps(video_paths)),
             )
-        self._notify()
+        self.notify()
         return self.get(job_id)
 
     def get(self, job_id: str) -> JobRecord | None:
@@ -116,9 +116,10 @@ class JobStore:
         args = [json.dumps(v) if k in _JSON_FIELDS else v for k, v in values.items()]
         with self._lock:
             self._db.execute(f"UPDATE jobs SET {sets} WHERE job_id = ?", [*args, job_id])
-        self._notify()
+        self.notify()
 
-    def _notify(self) -> None:
+    def notify(self) -> None:
+        """Wake every ``WatchJob`` stream waiting on :attr:`changed`."""
         with self.changed:
             self.changed.notify_all()
 

@@ -24,6 +24,7 @@ from prometheus_client import start_http_server
 from shoal.config import parse_config, setup_logging
 from shoal.v1 import jobs_pb2, jobs_pb2_grpc
 
+from . import metrics
 from .auth import ConfigError, TokenAuth, read_token, server_credentials
 from .jobstore import JobStore
 from .scheduler import Scheduler
@@ -80,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     store = JobStore(work_dir / "jobs.sqlite")
     scheduler = Scheduler(store, cfg.control, work_dir)
     scheduler.start()
+    metrics.watch(scheduler, store)
 
     threads = cfg.grpc_threads
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="grpc"),

@@ -193,6 +193,7 @@ class Scheduler(threading.Thread):
         if now - self._last_beat < HEARTBEAT_S:
             return
         self._last_beat = now
+        self._reregister_sent = {wid: t for wid, t in self._reregister_sent.items() if now - t < 60}
         for w in list(self.workers.values()):
             if now - w.last_seen > HEARTBEAT_S * LIVENESS:
                 self._worker_lost(w, f"missed {LIVENESS} heartbeats")
@@ -306,13 +307,13 @@ class Scheduler(threading.Thread):
         log.info("job %s %s %s", job_id, state.lower(), error)
 
     def _dispatch(self) -> None:
-        """Hand pending tasks to segmenters with credit, round-robin over workers."""
+        """Hand pending tasks to segmenters with credit, round-robin over workers and fair between jobs."""
         while self.pending:
             ready = [w for w in self.workers.values() if w.role == "segmenter" and w.credit > 0]
             if not ready:
                 return
             worker = min(ready, key=lambda w: (len(w.tasks), w.wid))
-            task = self.pending.popleft()
+            task = self._next_task()
             if task.done or task.job_id not in self.runs:
                 continue
             task.attempt += 1
@@ -329,6 +330,21 @@ class Scheduler(threading.Thread):
             else:
                 self.pending.appendleft(task)
                 self._worker_lost(worker, "unreachable")
+
+    def _next_task(self) -> Task:
+        """The first pending task of the job with the fewest tasks on segmenters, so that a long job
+        cannot hold every segmenter while a short one waits (ties: the older task)."""
+        in_flight: dict[str, int] = {}
+        for w in self.workers.values():
+            for job_id, _ in w.tasks:
+                in_flight[job_id] = in_flight.get(job_id, 0) + 1
+        first: dict[str, int] = {}
+        for i, task in enumerate(self.pending):
+            first.setdefault(task.job_id, i)
+        i = min(first.values(), key=lambda i: (in_flight.get(self.pending[i].job_id, 0), i))
+        task = self.pending[i]
+        del self.pending[i]
+        return task
 
     def _task_for(self, worker: Worker, body: dict) -> Task | None:
         run = self.runs.get(body.get("job"))

@@ -204,6 +204,7 @@ class JobService(pb_grpc.JobServiceServicer):
                 if part == "file":
                     if sink is not None:
                         _finish(sink, *files[-1])
+                        sink = None
                     name = _plain_name(msg.file.name)
                     if any(p.name == name for p, _ in files):
                         raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
@@ -281,6 +282,7 @@ class JobService(pb_grpc.JobServiceServicer):
                           f"{self.max_watchers} WatchJob streams are open on this gateway, the most it allows; "
                           f"poll GetJob instead, or watch again later")
         try:
+            context.add_callback(self.store.notify)  # a client that leaves frees its thread at once
             yield from self._watch(rec, context)
         finally:
             self._watch_slots.release()
@@ -340,8 +342,8 @@ def _new_job_id() -> str:
 
 
 def _plain_name(name: str) -> str:
-    """An uploaded file's name, refused unless it is one plain path component (no folders, no ``..``)."""
-    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name or name.startswith("."):
+    """An uploaded file's name, refused unless it is one plain, visible path component (no folders, no ``..``)."""
+    if not name or name.startswith(".") or any(c in name for c in "/\\\0") or len(name.encode()) > 200:
         raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
                            f"file.name: {name!r} is not a plain file name; send e.g. 'trial1.avi' without folders")
     return name

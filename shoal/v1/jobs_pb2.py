@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13shoal/v1/jobs.proto\x12\x08shoal.v1\"\xdd\x04\n\x0eTrackingParams\x12\x19\n\x11number_of_animals\x18\x01 \x01(\x05\x12\x15\n\rintensity_ths\x18\x02 \x03(\x01\x12\x10\n\x08\x61rea_ths\x18\x03 \x03(\x01\x12\x10\n\x08roi_list\x18\x04 \x03(\t\x12\x0f\n\x07use_bkg\x18\x05 \x01(\x08\x12#\n\x1b\x62\x61\x63kground_subtraction_stat\x18\x06 \x01(\t\x12.\n\x12tracking_intervals\x18\x07 \x03(\x0b\x32\x12.shoal.v1.Interval\x12\x1b\n\x13track_wo_identities\x18\x08 \x01(\x08\x12\x16\n\x0e\x65xclusive_rois\x18\t \x01(\x08\x12!\n\x14resolution_reduction\x18\n \x01(\x01H\x00\x88\x01\x01\x12\x1a\n\rid_image_size\x18\x0b \x01(\x05H\x01\x88\x01\x01\x12\x1a\n\x12\x63heck_segmentation\x18\x0c \x01(\x08\x12\x1c\n\x14trajectories_formats\x18\r \x03(\t\x12\x0e\n\x06method\x18\x0e \x01(\t\x12\x0c\n\x04seed\x18\x0f \x01(\x03\x12\x1f\n\x12\x66rames_per_episode\x18\x10 \x01(\x05H\x02\x88\x01\x01\x12\x32\n\x05\x65xtra\x18\x11 \x03(\x0b\x32#.shoal.v1.TrackingParams.ExtraEntry\x1a,\n\nExtraEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x17\n\x15_resolution_reductionB\x10\n\x0e_id_image_sizeB\x15\n\x13_frames_per_episode\"&\n\x08Interval\x12\r\n\x05start\x18\x01 \x01(\x03\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x03\"s\n\x10SubmitJobRequest\x12\x13\n\x0bvideo_paths\x18\x01 \x03(\t\x12(\n\x06params\x18\x02 \x01(\x0b\x32\x18.shoal.v1.TrackingParams\x12\x12\n\noutput_dir\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\"~\n\x13SubmitUploadRequest\x12)\n\x03job\x18\x01 \x01(\x0b\x32\x1a.shoal.v1.SubmitJobRequestH\x00\x12$\n\x04\x66ile\x18\x02 \x01(\x0b\x32\x14.shoal.v1.UploadFileH\x00\x12\x0e\n\x04\x64\x61ta\x18\x03 \x01(\x0cH\x00\x42\x06\n\x04part\"(\n\nUploadFile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\"M\n\rStageProgress\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x10\n\x08\x66raction\x18\x02 \x01(\x01\x12\x0c\n\x04\x64one\x18\x03 \x01(\x03\x12\r\n\x05total\x18\x04 \x01(\x03\"\xe3\x02\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12!\n\x05state\x18\x03 \x01(\x0e\x32\x12.shoal.v1.JobState\x12\r\n\x05stage\x18\x04 \x01(\t\x12\x10\n\x08\x66raction\x18\x05 \x01(\x01\x12\'\n\x06stages\x18\x06 \x03(\x0b\x32\x17.shoal.v1.StageProgress\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\x12\n\noutput_dir\x18\x08 \x01(\t\x12\x14\n\x0c\x63reated_unix\x18\t \x01(\x01\x12\x14\n\x0cupdated_unix\x18\n \x01(\x01\x12+\n\x07\x66igures\x18\x0b \x03(\x0b\x32\x1a.shoal.v1.Job.FiguresEntry\x12\x13\n\x0bvideo_paths\x18\x0c \x03(\t\x12\x10\n\x08warnings\x18\r \x03(\t\x1a.\n\x0c\x46iguresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x18\n\x06JobRef\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"[\n\x0fListJobsRequest\x12!\n\x05state\x18\x01 \x01(\x0e\x32\x12.shoal.v1.JobState\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"H\n\x10ListJobsResponse\x12\x1b\n\x04jobs\x18\x01 \x03(\x0b\x32\r.shoal.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"J\n\x08JobEvent\x12\x1a\n\x03job\x18\x01 \x01(\x0b\x32\r.shoal.v1.Job\x12\x13\n\x0b\x65ta_seconds\x18\x02 \x01(\x01\x12\r\n\x05\x66inal\x18\x03 \x01(\x08\"\xbe\x01\n\x0bResultChunk\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08n_frames\x18\x02 \x01(\x03\x12\x11\n\tn_animals\x18\x03 \x01(\x05\x12\x13\n\x0b\x66irst_frame\x18\x04 \x01(\x03\x12\x18\n\x0ctrajectories\x18\x05 \x03(\x01\x42\x02\x10\x01\x12\x1c\n\x10id_probabilities\x18\x06 \x03(\x01\x42\x02\x10\x01\x12\x14\n\x0csession_json\x18\x07 \x01(\t\x12\x17\n\x0f\x61ttributes_json\x18\x08 \x01(\t*h\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\n\n\x06QUEUED\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\r\n\tSUCCEEDED\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04\x12\r\n\tCANCELLED\x10\x05\x32\x8c\x03\n\nJobService\x12\x36\n\tSubmitJob\x12\x1a.shoal.v1.SubmitJobRequest\x1a\r.shoal.v1.Job\x12>\n\x0cSubmitUpload\x12\x1d.shoal.v1.SubmitUploadRequest\x1a\r.shoal.v1.Job(\x01\x12)\n\x06GetJob\x12\x10.shoal.v1.JobRef\x1a\r.shoal.v1.Job\x12\x41\n\x08ListJobs\x12\x19.shoal.v1.ListJobsRequest\x1a\x1a.shoal.v1.ListJobsResponse\x12,\n\tCancelJob\x12\x10.shoal.v1.JobRef\x1a\r.shoal.v1.Job\x12\x32\n\x08WatchJob\x12\x10.shoal.v1.JobRef\x1a\x12.shoal.v1.JobEvent0\x01\x12\x36\n\tGetResult\x12\x10.shoal.v1.JobRef\x1a\x15.shoal.v1.ResultChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13shoal/v1/jobs.proto\x12\x08shoal.v1\"\xdd\x04\n\x0eTrackingParams\x12\x19\n\x11number_of_animals\x18\x01 \x01(\x05\x12\x15\n\rintensity_ths\x18\x02 \x03(\x01\x12\x10\n\x08\x61rea_ths\x18\x03 \x03(\x01\x12\x10\n\x08roi_list\x18\x04 \x03(\t\x12\x0f\n\x07use_bkg\x18\x05 \x01(\x08\x12#\n\x1b\x62\x61\x63kground_subtraction_stat\x18\x06 \x01(\t\x12.\n\x12tracking_intervals\x18\x07 \x03(\x0b\x32\x12.shoal.v1.Interval\x12\x1b\n\x13track_wo_identities\x18\x08 \x01(\x08\x12\x16\n\x0e\x65xclusive_rois\x18\t \x01(\x08\x12!\n\x14resolution_reduction\x18\n \x01(\x01H\x00\x88\x01\x01\x12\x1a\n\rid_image_size\x18\x0b \x01(\x05H\x01\x88\x01\x01\x12\x1a\n\x12\x63heck_segmentation\x18\x0c \x01(\x08\x12\x1c\n\x14trajectories_formats\x18\r \x03(\t\x12\x0e\n\x06method\x18\x0e \x01(\t\x12\x0c\n\x04seed\x18\x0f \x01(\x03\x12\x1f\n\x12\x66rames_per_episode\x18\x10 \x01(\x05H\x02\x88\x01\x01\x12\x32\n\x05\x65xtra\x18\x11 \x03(\x0b\x32#.shoal.v1.TrackingParams.ExtraEntry\x1a,\n\nExtraEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x17\n\x15_resolution_reductionB\x10\n\x0e_id_image_sizeB\x15\n\x13_frames_per_episode\"&\n\x08Interval\x12\r\n\x05start\x18\x01 \x01(\x03\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x03\"s\n\x10SubmitJobRequest\x12\x13\n\x0bvideo_paths\x18\x01 \x03(\t\x12(\n\x06params\x18\x02 \x01(\x0b\x32\x18.shoal.v1.TrackingParams\x12\x12\n\noutput_dir\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\"~\n\x13SubmitUploadRequest\x12)\n\x03job\x18\x01 \x01(\x0b\x32\x1a.shoal.v1.SubmitJobRequestH\x00\x12$\n\x04\x66ile\x18\x02 \x01(\x0b\x32\x14.shoal.v1.UploadFileH\x00\x12\x0e\n\x04\x64\x61ta\x18\x03 \x01(\x0cH\x00\x42\x06\n\x04part\"6\n\nUploadFile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\x04size\x18\x02 \x01(\x03H\x00\x88\x01\x01\x42\x07\n\x05_size\"M\n\rStageProgress\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x10\n\x08\x66raction\x18\x02 \x01(\x01\x12\x0c\n\x04\x64one\x18\x03 \x01(\x03\x12\r\n\x05total\x18\x04 \x01(\x03\"\xe3\x02\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12!\n\x05state\x18\x03 \x01(\x0e\x32\x12.shoal.v1.JobState\x12\r\n\x05stage\x18\x04 \x01(\t\x12\x10\n\x08\x66raction\x18\x05 \x01(\x01\x12\'\n\x06stages\x18\x06 \x03(\x0b\x32\x17.shoal.v1.StageProgress\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\x12\n\noutput_dir\x18\x08 \x01(\t\x12\x14\n\x0c\x63reated_unix\x18\t \x01(\x01\x12\x14\n\x0cupdated_unix\x18\n \x01(\x01\x12+\n\x07\x66igures\x18\x0b \x03(\x0b\x32\x1a.shoal.v1.Job.FiguresEntry\x12\x13\n\x0bvideo_paths\x18\x0c \x03(\t\x12\x10\n\x08warnings\x18\r \x03(\t\x1a.\n\x0c\x46iguresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x18\n\x06JobRef\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"[\n\x0fListJobsRequest\x12!\n\x05state\x18\x01 \x01(\x0e\x32\x12.shoal.v1.JobState\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"H\n\x10ListJobsResponse\x12\x1b\n\x04jobs\x18\x01 \x03(\x0b\x32\r.shoal.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"J\n\x08JobEvent\x12\x1a\n\x03job\x18\x01 \x01(\x0b\x32\r.shoal.v1.Job\x12\x13\n\x0b\x65ta_seconds\x18\x02 \x01(\x01\x12\r\n\x05\x66inal\x18\x03 \x01(\x08\"\xbe\x01\n\x0bResultChunk\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08n_frames\x18\x02 \x01(\x03\x12\x11\n\tn_animals\x18\x03 \x01(\x05\x12\x13\n\x0b\x66irst_frame\x18\x04 \x01(\x03\x12\x18\n\x0ctrajectories\x18\x05 \x03(\x01\x42\x02\x10\x01\x12\x1c\n\x10id_probabilities\x18\x06 \x03(\x01\x42\x02\x10\x01\x12\x14\n\x0csession_json\x18\x07 \x01(\t\x12\x17\n\x0f\x61ttributes_json\x18\x08 \x01(\t*h\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\n\n\x06QUEUED\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\r\n\tSUCCEEDED\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04\x12\r\n\tCANCELLED\x10\x05\x32\x8c\x03\n\nJobService\x12\x36\n\tSubmitJob\x12\x1a.shoal.v1.SubmitJobRequest\x1a\r.shoal.v1.Job\x12>\n\x0cSubmitUpload\x12\x1d.shoal.v1.SubmitUploadRequest\x1a\r.shoal.v1.Job(\x01\x12)\n\x06GetJob\x12\x10.shoal.v1.JobRef\x1a\r.shoal.v1.Job\x12\x41\n\x08ListJobs\x12\x19.shoal.v1.ListJobsRequest\x1a\x1a.shoal.v1.ListJobsResponse\x12,\n\tCancelJob\x12\x10.shoal.v1.JobRef\x1a\r.shoal.v1.Job\x12\x32\n\x08WatchJob\x12\x10.shoal.v1.JobRef\x1a\x12.shoal.v1.JobEvent0\x01\x12\x36\n\tGetResult\x12\x10.shoal.v1.JobRef\x1a\x15.shoal.v1.ResultChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,8 +39,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESULTCHUNK'].fields_by_name['trajectories']._serialized_options = b'\020\001'
   _globals['_RESULTCHUNK'].fields_by_name['id_probabilities']._loaded_options = None
   _globals['_RESULTCHUNK'].fields_by_name['id_probabilities']._serialized_options = b'\020\001'
-  _globals['_JOBSTATE']._serialized_start=1867
-  _globals['_JOBSTATE']._serialized_end=1971
+  _globals['_JOBSTATE']._serialized_start=1881
+  _globals['_JOBSTATE']._serialized_end=1985
   _globals['_TRACKINGPARAMS']._serialized_start=34
   _globals['_TRACKINGPARAMS']._serialized_end=639
   _globals['_TRACKINGPARAMS_EXTRAENTRY']._serialized_start=529
@@ -52,23 +52,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SUBMITUPLOADREQUEST']._serialized_start=798
   _globals['_SUBMITUPLOADREQUEST']._serialized_end=924
   _globals['_UPLOADFILE']._serialized_start=926
-  _globals['_UPLOADFILE']._serialized_end=966
-  _globals['_STAGEPROGRESS']._serialized_start=968
-  _globals['_STAGEPROGRESS']._serialized_end=1045
-  _globals['_JOB']._serialized_start=1048
-  _globals['_JOB']._serialized_end=1403
-  _globals['_JOB_FIGURESENTRY']._serialized_start=1357
-  _globals['_JOB_FIGURESENTRY']._serialized_end=1403
-  _globals['_JOBREF']._serialized_start=1405
-  _globals['_JOBREF']._serialized_end=1429
-  _globals['_LISTJOBSREQUEST']._serialized_start=1431
-  _globals['_LISTJOBSREQUEST']._serialized_end=1522
-  _globals['_LISTJOBSRESPONSE']._serialized_start=1524
-  _globals['_LISTJOBSRESPONSE']._serialized_end=1596
-  _globals['_JOBEVENT']._serialized_start=1598
-  _globals['_JOBEVENT']._serialized_end=1672
-  _globals['_RESULTCHUNK']._serialized_start=1675
-  _globals['_RESULTCHUNK']._serialized_end=1865
-  _globals['_JOBSERVICE']._serialized_start=1974
-  _globals['_JOBSERVICE']._serialized_end=2370
+  _globals['_UPLOADFILE']._serialized_end=980
+  _globals['_STAGEPROGRESS']._serialized_start=982
+  _globals['_STAGEPROGRESS']._serialized_end=1059
+  _globals['_JOB']._serialized_start=1062
+  _globals['_JOB']._serialized_end=1417
+  _globals['_JOB_FIGURESENTRY']._serialized_start=1371
+  _globals['_JOB_FIGURESENTRY']._serialized_end=1417
+  _globals['_JOBREF']._serialized_start=1419
+  _globals['_JOBREF']._serialized_end=1443
+  _globals['_LISTJOBSREQUEST']._serialized_start=1445
+  _globals['_LISTJOBSREQUEST']._serialized_end=1536
+  _globals['_LISTJOBSRESPONSE']._serialized_start=1538
+  _globals['_LISTJOBSRESPONSE']._serialized_end=1610
+  _globals['_JOBEVENT']._serialized_start=1612
+  _globals['_JOBEVENT']._serialized_end=1686
+  _globals['_RESULTCHUNK']._serialized_start=1689
+  _globals['_RESULTCHUNK']._serialized_end=1879
+  _globals['_JOBSERVICE']._serialized_start=1988
+  _globals['_JOBSERVICE']._serialized_end=2384
 # @@protoc_insertion_point(module_scope)

@@ -30,6 +30,8 @@ class JobServiceStub:
     NOT_FOUND, PERMISSION_DENIED (a path outside the data root), FAILED_PRECONDITION (an unreadable video, an
     unfinished job), RESOURCE_EXHAUSTED (an upload over the size limit), UNAUTHENTICATED (a missing or wrong
     bearer token, when the gateway requires one), DATA_LOSS (an incomplete session folder).
+    With a token configured, every call (reflection included) needs the metadata "authorization: Bearer <token>";
+    grpc.health.v1.Health stays open so that load balancers and probes need no secret.
     """
 
     def __init__(self, channel):
@@ -80,6 +82,8 @@ class JobServiceServicer:
     NOT_FOUND, PERMISSION_DENIED (a path outside the data root), FAILED_PRECONDITION (an unreadable video, an
     unfinished job), RESOURCE_EXHAUSTED (an upload over the size limit), UNAUTHENTICATED (a missing or wrong
     bearer token, when the gateway requires one), DATA_LOSS (an incomplete session folder).
+    With a token configured, every call (reflection included) needs the metadata "authorization: Bearer <token>";
+    grpc.health.v1.Health stays open so that load balancers and probes need no secret.
     """
 
     def SubmitJob(self, request, context):
@@ -177,6 +181,8 @@ class JobService:
     NOT_FOUND, PERMISSION_DENIED (a path outside the data root), FAILED_PRECONDITION (an unreadable video, an
     unfinished job), RESOURCE_EXHAUSTED (an upload over the size limit), UNAUTHENTICATED (a missing or wrong
     bearer token, when the gateway requires one), DATA_LOSS (an incomplete session folder).
+    With a token configured, every call (reflection included) needs the metadata "authorization: Bearer <token>";
+    grpc.health.v1.Health stays open so that load balancers and probes need no secret.
     """
 
     @staticmethod
