@@ -216,10 +216,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
     params = build_params(args, args.videos)
     client = _client(args)
     if args.upload:
-        missing = [v for v in params.video_paths if not Path(v).is_file()]
-        if missing:
-            raise UsageError(f"--upload sends local files, and {', '.join(missing)} is not one")
-        job = client.upload(params, output_dir=args.out or "", name=args.name or "")
+        try:
+            job = client.upload(params, output_dir=args.out or "", name=args.name or "")
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     else:
         job = client.submit(params, output_dir=args.out or "", name=args.name or "")
     print(job.job_id)

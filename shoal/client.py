@@ -84,6 +84,9 @@ class Client:
         names = [p.name for p in paths]
         if len(set(names)) != len(names):
             raise ValueError(f"uploaded videos need distinct file names, got {', '.join(names)}")
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:  # found here, not half-way through the stream
+            raise ValueError(f"cannot upload {', '.join(missing)}: not a file on this machine")
         job = pb.SubmitJobRequest(params=params_to_proto(params), output_dir=output_dir, name=name)
 
         def messages() -> Iterator[pb.SubmitUploadRequest]:

@@ -205,6 +205,7 @@ def train_contrastive(
     # best checkpoint so far, by agreement with the fragments, then silhouette
     best: tuple[float, float, dict, torch.Tensor | None] = (-1.0, -1.0, copy.deepcopy(model.state_dict()), None)
     top_silhouette = top_agreement = -1.0
+    low_loss = float("inf")
     since_best, agreeing, step, reason = 0, 0, 0, "step budget"
     history: list[tuple[int, float, float]] = []
     running_loss, started = 0.0, time.monotonic()
@@ -253,10 +254,12 @@ def train_contrastive(
             best = (agreement, score, copy.deepcopy(model.state_dict()), centres)
             reason = f"clusters agree with the fragments ({agreement:.4f})"
             break
-        # progress is either measure rising: the silhouette often dips and plateaus for hundreds of
-        # steps before the animals separate, while the agreement already creeps up
-        improved = score > top_silhouette + 1e-4 or agreement > top_agreement + 0.005
+        # progress is any of the three moving the right way: the silhouette often dips and plateaus
+        # for hundreds of steps before the animals separate, while the loss and agreement creep on
+        improved = (score > top_silhouette + 1e-4 or agreement > top_agreement + 0.005
+                    or running_loss < low_loss * 0.99)
         top_silhouette, top_agreement = max(top_silhouette, score), max(top_agreement, agreement)
+        low_loss = min(low_loss, running_loss)
         if (agreement, score) > best[:2]:
             best = (agreement, score, copy.deepcopy(model.state_dict()), centres)
         since_best = 0 if improved else since_best + 1
