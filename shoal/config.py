@@ -17,9 +17,19 @@ from typing import Any, TypeVar
 C = TypeVar("C")
 
 
+class _DefaultsShown(argparse.HelpFormatter):
+    """Like ArgumentDefaultsHelpFormatter, but fields marked ``secret`` never print their value."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "(default:" in text or action.default in (None, argparse.SUPPRESS):
+            return text
+        return text + " (default: %(default)s)"
+
+
 def parse_config(cls: type[C], argv: list[str] | None, description: str) -> C:
     parser = argparse.ArgumentParser(description=description,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=_DefaultsShown)
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         env = f"SHOAL_{f.name.upper()}"
         default = os.environ.get(env, f.default)
@@ -29,8 +39,9 @@ def parse_config(cls: type[C], argv: list[str] | None, description: str) -> C:
             parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=default,
                                 action=argparse.BooleanOptionalAction, help=f"{f.metadata.get('help', '')} [{env}]")
         else:
+            shown = "(hidden)" if f.metadata.get("secret") else "%(default)s"
             parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=default,
-                                help=f"{f.metadata.get('help', '')} [{env}]")
+                                help=f"{f.metadata.get('help', '')} [{env}] (default: {shown})")
     args = parser.parse_args(argv)
     try:
         return cls(**{f.name: _convert(f, getattr(args, f.name)) for f in dataclasses.fields(cls)})

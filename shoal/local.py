@@ -51,7 +51,8 @@ class LocalCluster:
         self.stop()
 
     def _spawn(self, name: str, module: str, args: list[str], **kwargs) -> subprocess.Popen:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # local mode is loopback only: a token meant for a remote gateway must not lock this one
+        env = {k: v for k, v in os.environ.items() if k != "SHOAL_AUTH_TOKEN"} | {"PYTHONUNBUFFERED": "1"}
         proc = subprocess.Popen([sys.executable, "-m", module, *args], stdin=subprocess.DEVNULL,
                                 stderr=self._log, env=env, preexec_fn=_die_with_parent, **kwargs)
         self.procs[name] = proc
@@ -63,6 +64,7 @@ class LocalCluster:
         gateway = self._spawn("gateway", "services.gateway.main", [
             "--data-root", str(self.data_root), "--work-dir", str(self.work_dir),
             "--grpc-address", "127.0.0.1:0", "--control", "tcp://127.0.0.1:0", "--metrics-port", "-1",
+            "--drain-seconds", "0",
         ], stdout=subprocess.PIPE, text=True)
         ready = self._wait_ready(gateway)
         fields = dict(part.split("=", 1) for part in ready.split()[1:])

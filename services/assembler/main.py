@@ -202,7 +202,8 @@ def assemble(ctx: zmq.Context, job: str, state: JobState, progress: Progress) ->
         if params.check_segmentation:
             raise JobError(f"check_segmentation: {len(inconsistent)} frames have more blobs than animals "
                            f"(listed in {out_dir / 'inconsistent_frames.csv'})")
-    STAGE_SECONDS.labels("stitch").observe(time.perf_counter() - t0)
+    stitch_seconds = time.perf_counter() - t0
+    STAGE_SECONDS.labels("stitch").observe(stitch_seconds)
     identifier = RemoteIdentifier(ctx, spec["identifier"], job, state.n_chunks, state.cancelled)
     try:
         result = track(table, links, n_frames, n_animals, identifier,
@@ -223,7 +224,7 @@ def assemble(ctx: zmq.Context, job: str, state: JobState, progress: Progress) ->
     }
     session = {
         "version": __version__, "job_id": job, "parameters": spec["params"], "video": video, "probe": probe,
-        "number_of_animals": n_animals, "timers": {"stitch": time.perf_counter() - t0, **result.timings},
+        "number_of_animals": n_animals, "timers": {"stitch": stitch_seconds, **result.timings},
         "statistics": statistics, "warnings": warnings, "notes": result.notes,
     }
     write_session(out_dir, {

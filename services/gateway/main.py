@@ -47,7 +47,7 @@ class GatewayConfig:
     tls_key: str = field(default="", metadata={"help": "PEM private key of --tls-cert"})
     auth_token: str = field(default="", metadata={"help": "bearer token every call except health checks must carry "
                                                           "(empty = no token); prefer the environment variable or "
-                                                          "--auth-token-file, since ps shows flags"})
+                                                          "--auth-token-file, since ps shows flags", "secret": True})
     auth_token_file: str = field(default="", metadata={"help": "file whose first line is the bearer token "
                                                                "(e.g. a mounted secret)"})
     max_upload_mb: float = field(default=256.0, metadata={"help": "largest SubmitUpload in MiB, all its files "
