@@ -17,19 +17,8 @@ from typing import Any, TypeVar
 C = TypeVar("C")
 
 
-class _DefaultsShown(argparse.HelpFormatter):
-    """Like ArgumentDefaultsHelpFormatter, but fields marked ``secret`` never print their value."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if "(default:" in text or action.default in (None, argparse.SUPPRESS):
-            return text
-        return text + " (default: %(default)s)"
-
-
 def parse_config(cls: type[C], argv: list[str] | None, description: str) -> C:
-    parser = argparse.ArgumentParser(description=description,
-                                     formatter_class=_DefaultsShown)
+    parser = argparse.ArgumentParser(description=description)
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         env = f"SHOAL_{f.name.upper()}"
         default = os.environ.get(env, f.default)

@@ -31,6 +31,19 @@ def _die_with_parent() -> None:
     os.setpgrp()  # Ctrl-C in the terminal reaches only the launcher, which stops the children in order
 
 
+def read_ready_line(proc: subprocess.Popen, timeout: float = START_TIMEOUT_S) -> str | None:
+    """The gateway's ``READY grpc=.. control=.. metrics=..`` line from its stdout, or None if it exits
+    (or prints nothing like it) first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if line.startswith("READY"):
+            return line.strip()
+        if not line and proc.poll() is not None:
+            return None
+    return None
+
+
 class LocalCluster:
     """Gateway + K segmenters + one identifier + one assembler on 127.0.0.1."""
 
@@ -79,15 +92,11 @@ class LocalCluster:
         self._spawn("assembler", "services.assembler.main", [*common, "--geometry", loopback])
 
     def _wait_ready(self, proc: subprocess.Popen) -> str:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if line.startswith("READY"):
-                return line.strip()
-            if not line and proc.poll() is not None:
-                break
-        self.stop()
-        raise RuntimeError(f"the gateway did not start; see {self.log_path}")
+        line = read_ready_line(proc)
+        if line is None:
+            self.stop()
+            raise RuntimeError(f"the gateway did not start; see {self.log_path}")
+        return line
 
     def alive(self) -> dict[str, bool]:
         return {name: p.poll() is None for name, p in self.procs.items()}

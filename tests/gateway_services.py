@@ -22,6 +22,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from shoal.local import read_ready_line
 from shoal.simulate import SimulationConfig, write_simulation
 from shoal.v1 import jobs_pb2 as pb
 from shoal.v1 import jobs_pb2_grpc as pb_grpc
@@ -81,14 +82,10 @@ class Services:
             "--data-root", str(self.data_root), "--work-dir", str(self.work_dir),
             "--grpc-address", self.grpc_address, "--control", self.control, "--metrics-port", "-1",
             *self.gateway_args, *extra], stdout=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if line.startswith("READY"):
-                return line.strip()
-            if not line and proc.poll() is not None:
-                break
-        raise AssertionError(f"the gateway did not start:\n{self.log_tail()}")
+        line = read_ready_line(proc, START_TIMEOUT_S)
+        if line is None:
+            raise AssertionError(f"the gateway did not start:\n{self.log_tail()}")
+        return line
 
     def start_workers(self, segmenters: int = 1, assemblers: int = 1) -> None:
         common = ["--gateway", self.control, "--metrics-port", "-1"]

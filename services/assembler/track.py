@@ -155,7 +155,7 @@ def track(
     accuracy: float | None = None  # slots carry no identity to be right about
     if identities:
         accuracy = estimated_accuracy(fragments, assignment) if n_animals > 1 else 1.0
-        if ratio_accumulated is not None and np.isfinite(ratio_accumulated) and ratio_accumulated < accuracy:
+        if np.isfinite(ratio_accumulated) and ratio_accumulated < accuracy:
             # P2 trusts the network; images that failed the consistency test are not vouched for,
             # so the estimate never exceeds the share that passed it
             notes.append(f"estimated accuracy capped at the accepted share {ratio_accumulated:.3f} "

@@ -18,6 +18,17 @@ from typing import Any
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"
 FINAL_STATES = (SUCCEEDED, FAILED, CANCELLED)
 
+#: below this fraction done an ETA is mostly noise
+ETA_MIN_FRACTION = 0.02
+
+
+def eta_seconds(elapsed: float, fraction: float) -> float | None:
+    """Time left if the rest of the job goes at the pace so far; None while too little is done to say."""
+    if fraction <= ETA_MIN_FRACTION:
+        return None
+    return elapsed * (1 - fraction) / fraction
+
+
 _JSON_FIELDS = ("params", "video_paths", "stages", "figures", "warnings", "plan")
 
 _SCHEMA = """

@@ -17,14 +17,13 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from .jobstore import JobStore, eta_seconds
+
 if TYPE_CHECKING:
-    from .jobstore import JobStore
     from .scheduler import Scheduler
 
 ROLES = ("segmenter", "identifier", "assembler")
 FINAL_STATES = ("succeeded", "failed", "cancelled")
-#: below this fraction done an ETA is mostly noise (the same rule as WatchJob's)
-ETA_MIN_FRACTION = 0.02
 
 WORKERS = Gauge("shoal_workers", "Workers registered with the gateway", ["role"])
 HEARTBEATS_LOST = Counter("shoal_worker_heartbeats_lost_total", "Workers declared dead after missed heartbeats",
@@ -77,8 +76,9 @@ class SchedulerCollector(Collector):
         for rec in running:
             progress.add_metric([rec.job_id], rec.fraction)
             run = runs.get(rec.job_id)
-            if run is not None and rec.fraction > ETA_MIN_FRACTION:
-                eta.add_metric([rec.job_id], (now - run.started) * (1 - rec.fraction) / rec.fraction)
+            left = eta_seconds(now - run.started, rec.fraction) if run is not None else None
+            if left is not None:
+                eta.add_metric([rec.job_id], left)
         yield progress
         yield eta
 

@@ -27,7 +27,7 @@ from shoal.v1 import jobs_pb2 as pb
 from shoal.v1 import jobs_pb2_grpc as pb_grpc
 from shoal.video import VideoError, probe_video
 
-from .jobstore import JobRecord, JobStore
+from .jobstore import JobRecord, JobStore, eta_seconds
 from .scheduler import Scheduler
 
 log = logging.getLogger("shoal.gateway")
@@ -331,10 +331,8 @@ def _jsonable(obj):
 
 
 def _eta(rec: JobRecord) -> float:
-    if rec.state != "RUNNING" or rec.fraction <= 0.02:
-        return -1.0
-    elapsed = time.time() - rec.created
-    return elapsed * (1 - rec.fraction) / rec.fraction
+    eta = eta_seconds(time.time() - rec.created, rec.fraction) if rec.state == "RUNNING" else None
+    return -1.0 if eta is None else eta
 
 
 def _new_job_id() -> str:
