@@ -29,15 +29,17 @@ class Case:
     width: int
     height: int
     seed: int
+    always_touching: bool = False  # no frame shows every animal apart: no global fragment
 
     def config(self) -> SimulationConfig:
         return SimulationConfig(n_animals=self.n_animals, n_frames=self.n_frames, width=self.width,
-                                height=self.height, preset=self.preset, seed=self.seed)
+                                height=self.height, preset=self.preset, seed=self.seed,
+                                always_touching=self.always_touching)
 
     def key(self) -> str:
         """Folder name in the cache: every setting that changes the video."""
         return (f"{self.preset}_n{self.n_animals}_f{self.n_frames}_{self.width}x{self.height}"
-                f"_s{self.seed}")
+                f"_s{self.seed}" + ("_touching" if self.always_touching else ""))
 
     def quick(self) -> Case:
         return replace(self, n_frames=min(self.n_frames, QUICK_FRAMES))
@@ -49,9 +51,10 @@ CASES: dict[str, Case] = {c.name: c for c in [
     Case("flies10", "flies", 10, 3000, 800, 800, seed=13),
     Case("fish20", "fish", 20, 2000, 1200, 1200, seed=14),
     Case("mice", "mice", 3, 2000, 600, 600, seed=15),
+    Case("nogf", "fish", 5, 2000, 500, 500, seed=17, always_touching=True),
     Case("long", "fish", 4, 20000, 500, 500, seed=16),
 ]}
-DEFAULT_CASES = ("fish4", "fish8", "flies10", "fish20", "mice")
+DEFAULT_CASES = ("fish4", "fish8", "flies10", "fish20", "mice", "nogf")
 """`long` (20 000 frames) runs only when asked for by name."""
 
 SCALING_SEED = 21

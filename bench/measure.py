@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -48,6 +49,19 @@ def peak_rss_mib(pid: int) -> float | None:
     except OSError:
         return None
     return None
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds a live process has used (``/proc/PID/stat``); None if it is gone.
+
+    Per-service CPU time shows who competes for the cores when there are fewer cores than processes.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": field 3 (state) is fields[0]
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class GpuSampler:
@@ -111,8 +125,13 @@ class JobRun:
     stage_windows: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
-def run_job(client: Client, params: TrackingParams, out: Path, timeout_s: float) -> JobRun:
-    """Submit one job and watch it to the end, timing each stage from the gateway's progress events."""
+def run_job(client: Client, params: TrackingParams, out: Path, timeout_s: float,
+            on_event: Callable[[pb.Job, float], None] | None = None) -> JobRun:
+    """Submit one job and watch it to the end, timing each stage from the gateway's progress events.
+
+    ``on_event(job, monotonic_time)`` sees every event as it arrives, so a caller can act mid-job
+    (bench.segmenters kills a segmenter there) without a second watcher of its own.
+    """
     submitted = time.monotonic()
     job = client.submit(params, output_dir=str(out))
     job_id = job.job_id
@@ -129,6 +148,8 @@ def run_job(client: Client, params: TrackingParams, out: Path, timeout_s: float)
             for event in client.stub.WatchJob(pb.JobRef(job_id=job_id), metadata=client.metadata, timeout=remaining):
                 now = time.monotonic()
                 job = event.job
+                if on_event is not None:
+                    on_event(job, now)
                 if running_at is None and job.state != pb.QUEUED:
                     running_at = now
                 if job.stage and (not transitions or transitions[-1][1] != job.stage):

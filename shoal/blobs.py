@@ -30,6 +30,8 @@ class BlobTable:
         mask_bits: bool [sum of h*w] filled masks (holes filled) in bbox coordinates.
         contour_offsets: int64 [n + 1] offsets into ``contour_points``.
         contour_points: int32 [m, 2] (x, y) vertices of the external contours, frame coordinates.
+        region: int32 [n] exclusive arena (connected ROI region) holding the blob; all 0 unless the
+            job has ``exclusive_rois``. Omitted (None) it is all 0, so older senders still decode.
     """
 
     frame: np.ndarray
@@ -41,6 +43,11 @@ class BlobTable:
     mask_bits: np.ndarray
     contour_offsets: np.ndarray
     contour_points: np.ndarray
+    region: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.region is None:
+            self.region = np.zeros(len(self.frame), np.int32)
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -78,12 +85,25 @@ class BlobTable:
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> BlobTable:
-        return cls(**{f.name: arrays[f.name] for f in fields(cls)})
+        return cls(**{f.name: arrays[f.name] for f in fields(cls) if f.name in arrays or f.name != "region"})
 
     def select(self, rows: np.ndarray) -> BlobTable:
-        """A new table with the given rows (in the given order)."""
+        """A new table with the given rows (in the given order), vectorised over the ragged columns."""
         rows = np.asarray(rows, np.int64)
-        return concat([_one_row(self, int(i)) for i in rows]) if len(rows) else BlobTable.empty()
+        mask_offsets, mask_bits = _take_ragged(self.mask_offsets, self.mask_bits, rows)
+        contour_offsets, contour_points = _take_ragged(self.contour_offsets, self.contour_points, rows)
+        return BlobTable(
+            frame=self.frame[rows],
+            area=self.area[rows],
+            centroid=self.centroid[rows].reshape(-1, 2),
+            bbox=self.bbox[rows].reshape(-1, 4),
+            orientation=self.orientation[rows],
+            mask_offsets=mask_offsets,
+            mask_bits=mask_bits,
+            contour_offsets=contour_offsets,
+            contour_points=contour_points.reshape(-1, 2),
+            region=self.region[rows],
+        )
 
     def geometry_only(self) -> BlobTable:
         """The same table without masks and contours (what long-lived state keeps)."""
@@ -98,23 +118,16 @@ class BlobTable:
             mask_bits=np.zeros(0, bool),
             contour_offsets=np.zeros(n + 1, np.int64),
             contour_points=np.zeros((0, 2), np.int32),
+            region=self.region,
         )
 
 
-def _one_row(t: BlobTable, i: int) -> BlobTable:
-    m = t.mask_bits[t.mask_offsets[i] : t.mask_offsets[i + 1]]
-    c = t.contour(i)
-    return BlobTable(
-        frame=t.frame[i : i + 1],
-        area=t.area[i : i + 1],
-        centroid=t.centroid[i : i + 1],
-        bbox=t.bbox[i : i + 1],
-        orientation=t.orientation[i : i + 1],
-        mask_offsets=np.array([0, len(m)], np.int64),
-        mask_bits=m,
-        contour_offsets=np.array([0, len(c)], np.int64),
-        contour_points=c,
-    )
+def _take_ragged(offsets: np.ndarray, data: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(new offsets, data) of the ragged items ``rows``, gathered with one fancy index."""
+    starts, lengths = offsets[rows], offsets[rows + 1] - offsets[rows]
+    new_offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    index = np.repeat(starts - new_offsets[:-1], lengths) + np.arange(new_offsets[-1])
+    return new_offsets, data[index]
 
 
 def concat(tables: list[BlobTable]) -> BlobTable:
@@ -143,4 +156,5 @@ def concat(tables: list[BlobTable]) -> BlobTable:
         contour_points=np.concatenate(
             [t.contour_points[t.contour_offsets[0] : t.contour_offsets[-1]] for t in tables]
         ),
+        region=np.concatenate([t.region for t in tables]).astype(np.int32),
     )

@@ -3,7 +3,9 @@
 ``shoal track`` and ``shoal demo`` run everything locally (the services as child processes on
 loopback); ``shoal serve`` keeps such a set running; ``submit``/``watch``/``jobs``/``cancel``/
 ``fetch`` talk to any gateway; ``simulate`` and ``evaluate`` make and score test videos.
-Usage errors print one line and exit with 2; a failed job prints its error and exits with 1.
+Errors never show a traceback. Input to change (a flag, a video, a job id, the token: also when
+the gateway refuses it) prints one line and exits with 2; a job that did not succeed, or a gateway
+that cannot be reached or is out of capacity, prints one line and exits with 1.
 """
 
 from __future__ import annotations
@@ -19,9 +21,12 @@ from pathlib import Path
 
 import grpc
 
-from shoal.params import ParamError, TrackingParams
+from shoal.params import DEFAULT_VIDEO_TRAIL, MIN_INDIVIDUAL_VIDEO_SIZE, ParamError, TrackingParams
 
 EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
+#: gateway answers that mean the command itself must change (its input, id or token): exit 2, not 1
+USAGE_CODES = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED,
+               grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNAUTHENTICATED)
 DEFAULT_GATEWAY = os.environ.get("SHOAL_GATEWAY", "127.0.0.1:50051")
 
 
@@ -39,6 +44,18 @@ def _add_tracking_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--area", type=float, nargs=2, metavar=("MIN", "MAX"), help="blob area range in pixels")
     g.add_argument("--roi", action="append", metavar="SHAPE",
                    help='region of interest, e.g. "+ Polygon [[0,0],[500,0],[500,500]]"; repeatable')
+    g.add_argument("--exclusive-rois", action="store_true",
+                   help="each separate region of the ROI is its own arena; identities are numbered "
+                        "region by region (exclusive_rois)")
+    g.add_argument("--animals-per-roi", type=int, nargs="+", metavar="N",
+                   help="animals in each exclusive region, regions in raster order of their top pixel "
+                        "(default: read from frames showing all animals apart)")
+    g.add_argument("--knowledge-from", metavar="SESSION",
+                   help="start identity learning from an earlier session's identity model and number the "
+                        "identities as it did (knowledge_transfer_folder; same animals, same image size)")
+    g.add_argument("--id-image-size", type=int, metavar="PX",
+                   help="side of the identification images (id_image_size; default: from the body length). "
+                        "Give the earlier session's size to reuse its model with --knowledge-from")
     g.add_argument("--bkg", action="store_true", help="background subtraction (use_bkg)")
     g.add_argument("--intervals", type=int, nargs="+", metavar="F",
                    help="tracking intervals as start end [start end ...] (end exclusive)")
@@ -46,6 +63,15 @@ def _add_tracking_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--method", choices=["contrastive", "accumulation"], help="identity learning route")
     g.add_argument("--seed", type=int, help="random seed (same seed, same CPU result)")
     g.add_argument("--formats", nargs="+", help="trajectories_formats: npy h5 csv csv_tidy")
+    g.add_argument("--video", action="store_true",
+                   help="also write the overlay video SESSION/overlay.mp4, as shoal video does (output_video)")
+    g.add_argument("--individual-videos", action="store_true",
+                   help="also write one animal-centred video per identity in SESSION/individual_videos/, as "
+                        "shoal video --individual does (output_individual_videos)")
+    g.add_argument("--video-trail", type=int, metavar="FRAMES",
+                   help=f"trail of --video in frames (video_trail; default {DEFAULT_VIDEO_TRAIL})")
+    g.add_argument("--individual-video-size", type=int, metavar="PX",
+                   help="side of --individual-videos in pixels (individual_video_size; default: body length)")
 
 
 def build_params(args: argparse.Namespace, videos: list[str]) -> TrackingParams:
@@ -55,6 +81,12 @@ def build_params(args: argparse.Namespace, videos: list[str]) -> TrackingParams:
         "number_of_animals": args.animals, "intensity_ths": args.intensity, "area_ths": args.area,
         "roi_list": args.roi, "use_bkg": True if args.bkg else None, "method": args.method, "seed": args.seed,
         "track_wo_identities": True if args.no_identities else None, "trajectories_formats": args.formats,
+        "exclusive_rois": True if args.exclusive_rois else None, "animals_per_roi": args.animals_per_roi,
+        "id_image_size": args.id_image_size,
+        "knowledge_transfer_folder": str(Path(args.knowledge_from).resolve()) if args.knowledge_from else None,
+        "output_video": True if args.video else None, "video_trail": args.video_trail,
+        "output_individual_videos": True if args.individual_videos else None,
+        "individual_video_size": args.individual_video_size,
     }
     if args.intervals:
         if len(args.intervals) % 2:
@@ -67,15 +99,24 @@ def build_params(args: argparse.Namespace, videos: list[str]) -> TrackingParams:
 
 def _check_locally(params: TrackingParams) -> None:
     """Catch bad input before starting any service: one clear line instead of a failed job."""
-    from services.segmenter.roi import RoiError, roi_mask
+    from services.segmenter.roi import RoiError, roi_mask, roi_regions
     from shoal.video import VideoError, probe_video
 
     try:
         info = probe_video(params.video_paths)
         if params.roi_list:
-            roi_mask(params.roi_list, info.width, info.height)
+            mask = roi_mask(params.roi_list, info.width, info.height)
     except (VideoError, RoiError) as exc:
         raise UsageError(str(exc)) from None
+    if params.knowledge_transfer_folder:
+        from shoal.knowledge import check_compatible, model_info
+
+        check_compatible(model_info(params.knowledge_transfer_folder), params.id_image_size, params.number_of_animals)
+    if params.exclusive_rois and params.animals_per_roi is not None:
+        n_regions = int(roi_regions(mask).max()) + 1
+        if len(params.animals_per_roi) != n_regions:
+            raise ParamError("animals_per_roi", f"{len(params.animals_per_roi)} counts given but the ROI has "
+                                                f"{n_regions} separate regions; give one count per region")
     for start, end in params.tracking_intervals or []:
         if end > info.n_frames:
             raise UsageError(f"tracking interval [{start}, {end}) ends after the video's {info.n_frames} frames")
@@ -151,8 +192,26 @@ def report(job, out: Path) -> int:
     print(f"tracked {int(f.get('frames', 0))} frames: {int(f.get('animals', 0))} animals, "
           f"{int(f.get('blobs', 0))} blobs, {int(f.get('fragments', 0))} fragments"
           + (f", estimated accuracy {acc:.4f}" if acc is not None and math.isfinite(acc) else ""))
+    if "transfer_score" in f:
+        print(f"knowledge transfer: identities named after the earlier session's "
+              f"(matching score {f['transfer_score']:.4f})")
     print(f"session folder: {out}")
+    _print_videos(out)
     return 0
+
+
+def _print_videos(out: Path) -> None:
+    """Say which videos the job rendered (session.json lists them; a failure is among the warnings)."""
+    import json
+
+    try:
+        videos = json.loads((out / "session.json").read_text()).get("videos") or {}
+    except (OSError, ValueError):
+        return
+    if videos.get("overlay"):
+        print(f"overlay video: {out / videos['overlay']}")
+    if videos.get("individual"):
+        print(f"{len(videos['individual'])} individual videos in {(out / videos['individual'][0]).parent}")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -211,7 +270,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from shoal.client import follow, format_job
+    from shoal.client import follow
 
     params = build_params(args, args.videos)
     client = _client(args)
@@ -224,8 +283,19 @@ def cmd_submit(args: argparse.Namespace) -> int:
         job = client.submit(params, output_dir=args.out or "", name=args.name or "")
     print(job.job_id)
     if args.watch:
-        job = follow(client, job.job_id)
-        print(format_job(job))
+        return _finished(follow(client, job.job_id))
+    return 0
+
+
+def _finished(job) -> int:
+    """Print how a followed job ended; exit 1 unless it succeeded, so scripts can tell."""
+    from shoal.client import format_job
+    from shoal.v1 import jobs_pb2 as pb
+
+    print(format_job(job))
+    if job.state != pb.SUCCEEDED:
+        print(f"shoal: job {pb.JobState.Name(job.state).lower()}: {job.error}", file=sys.stderr)
+        return EXIT_FAILED
     return 0
 
 
@@ -234,19 +304,15 @@ def _client(args: argparse.Namespace):
     from shoal.client import Client
 
     try:
-        return Client(args.gateway, args.token, ca_file=args.ca, tls=args.tls)
+        return Client(args.gateway, args.token, ca_file=args.ca, tls=args.tls, cert_file=args.cert, key_file=args.key)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    from shoal.client import follow, format_job
+    from shoal.client import follow
 
-    job = follow(_client(args), args.job)
-    print(format_job(job))
-    if job.error:
-        print(f"error: {job.error}", file=sys.stderr)
-    return 0
+    return _finished(follow(_client(args), args.job))
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
@@ -269,8 +335,18 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 def cmd_fetch(args: argparse.Namespace) -> int:
     from shoal.client import write_result
 
-    written = write_result(_client(args).result(args.job), Path(args.out))
+    client = _client(args)
+    result = client.result(args.job)
+    videos = result["session"].get("videos") or {}
+    try:
+        written = write_result(result, Path(args.out))
+    except OSError as exc:
+        raise UsageError(f"cannot write the session folder {args.out}: {exc.strerror or exc}") from None
     print(f"session folder: {Path(args.out).resolve()} ({', '.join(sorted(written))})")
+    remote = [*([videos["overlay"]] if videos.get("overlay") else []), *(videos.get("individual") or [])]
+    if remote:  # GetResult carries arrays and session.json, not video files
+        folder = Path(client.get(args.job).output_dir)
+        print(f"videos (not fetched) on the gateway's data volume: {', '.join(str(folder / v) for v in remote)}")
     return 0
 
 
@@ -286,8 +362,8 @@ def cmd_video(args: argparse.Namespace) -> int:
         raise UsageError("--size applies to --individual videos")
     if args.trail is not None and args.trail < 0:
         raise UsageError(f"--trail must be >= 0 frames, got {args.trail}")
-    if args.size is not None and args.size < 8:
-        raise UsageError(f"--size must be at least 8 pixels, got {args.size}")
+    if args.size is not None and args.size < MIN_INDIVIDUAL_VIDEO_SIZE:
+        raise UsageError(f"--size must be at least {MIN_INDIVIDUAL_VIDEO_SIZE} pixels, got {args.size}")
     if args.out and not args.individual and Path(args.out).suffix.lower() != suffix:
         raise UsageError(f"--out {args.out}: the {codec} overlay video must be named *{suffix}")
     try:
@@ -295,16 +371,17 @@ def cmd_video(args: argparse.Namespace) -> int:
         start, stop = render.frame_range(len(session.trajectories), args.start, args.end)
         if args.individual:
             side = render.default_side(session.body_length) if args.size is None else args.size
-            folder = Path(args.out) if args.out else session.folder / "individual_videos"
+            folder = Path(args.out) if args.out else session.folder / render.INDIVIDUAL_FOLDER
             written = render.write_individual_videos(session, folder, start, stop, side, codec)
-            unseen = [session.labels[i] for i in range(len(session.labels)) if i + 1 not in written]
+            unseen = render.unseen_identities(session, written)
             print(f"{len(written)} individual videos ({side}x{side} px, frames {start}-{stop - 1}) in {folder}")
             if unseen:
                 print(f"warning: no video for identities never seen in these frames: {', '.join(unseen)}",
                       file=sys.stderr)
         else:
-            out = Path(args.out) if args.out else session.folder / f"overlay{suffix}"
-            render.write_overlay_video(session, out, start, stop, 20 if args.trail is None else args.trail, codec)
+            out = Path(args.out) if args.out else render.overlay_path(session.folder, codec)
+            trail = DEFAULT_VIDEO_TRAIL if args.trail is None else args.trail
+            render.write_overlay_video(session, out, start, stop, trail, codec)
             print(f"overlay video (frames {start}-{stop - 1}): {out}")
     except (render.RenderError, VideoError) as exc:
         raise UsageError(str(exc)) from None
@@ -367,6 +444,10 @@ def parser() -> argparse.ArgumentParser:
         c.add_argument("--ca", default=os.environ.get("SHOAL_CA"), metavar="PEM",
                        help="talk TLS; the gateway's certificate must chain to this CA file [SHOAL_CA]")
         c.add_argument("--tls", action="store_true", help="talk TLS, trusting the system's CAs")
+        c.add_argument("--cert", default=os.environ.get("SHOAL_CERT"), metavar="PEM",
+                       help="client certificate, for a gateway that requires one (mutual TLS) [SHOAL_CERT]")
+        c.add_argument("--key", default=os.environ.get("SHOAL_KEY"), metavar="PEM",
+                       help="private key of --cert [SHOAL_KEY]")
 
     v = sub.add_parser(
         "video", help="overlay video (identity labels and trails) or animal-centred videos of a session",
@@ -392,6 +473,18 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def rpc_error_line(exc: grpc.RpcError, gateway: str) -> tuple[grpc.StatusCode | None, str]:
+    """(status code, one line for the user) of a failed call: grpc's details can span lines, and
+    UNAVAILABLE alone does not say which address was tried or what to check."""
+    code = exc.code() if callable(getattr(exc, "code", None)) else None
+    details = exc.details() if callable(getattr(exc, "details", None)) else None
+    line = f"{code.name.lower() if code else 'error'}: {' '.join(str(details or exc).split())}"
+    if code == grpc.StatusCode.UNAVAILABLE:
+        line += (f" (is a gateway running at {gateway}? set --gateway or SHOAL_GATEWAY; a TLS gateway needs "
+                 f"--ca or --tls, and --cert/--key if it requires client certificates)")
+    return code, line
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("simulate", "evaluate"):
@@ -405,10 +498,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"shoal: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except grpc.RpcError as exc:
-        print(f"shoal: {exc.code().name.lower()}: {exc.details()}", file=sys.stderr)
-        return EXIT_USAGE if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
-                                            grpc.StatusCode.PERMISSION_DENIED,
-                                            grpc.StatusCode.FAILED_PRECONDITION) else EXIT_FAILED
+        code, line = rpc_error_line(exc, getattr(args, "gateway", ""))
+        print(f"shoal: {line}", file=sys.stderr)
+        return EXIT_USAGE if code in USAGE_CODES else EXIT_FAILED
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
 

@@ -55,15 +55,18 @@ UPLOAD_CHUNK_BYTES = 1 << 20
 class Client:
     """A connection to a gateway. ``token`` is sent as ``authorization: Bearer <token>`` on every call;
     ``ca_file`` (PEM) turns TLS on and is the authority the gateway's certificate must chain to;
-    ``tls`` alone turns TLS on with the system's authorities."""
+    ``tls`` alone turns TLS on with the system's authorities. ``cert_file`` and ``key_file`` (PEM)
+    are this client's certificate and key, for a gateway that requires them (mutual TLS); they turn
+    TLS on too."""
 
-    def __init__(self, address: str, token: str | None = None, *, ca_file: str | None = None, tls: bool = False):
-        if ca_file or tls:
-            try:
-                roots = Path(ca_file).read_bytes() if ca_file else None
-            except OSError as exc:
-                raise ValueError(f"cannot read the CA file {ca_file}: {exc.strerror}") from None
-            self.channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=roots))
+    def __init__(self, address: str, token: str | None = None, *, ca_file: str | None = None, tls: bool = False,
+                 cert_file: str | None = None, key_file: str | None = None):
+        if bool(cert_file) != bool(key_file):
+            raise ValueError("a client certificate needs both --cert and --key (PEM files)")
+        if ca_file or tls or cert_file:
+            self.channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(
+                root_certificates=_read(ca_file, "CA file"), private_key=_read(key_file, "key file"),
+                certificate_chain=_read(cert_file, "certificate file")))
         else:
             self.channel = grpc.insecure_channel(address)
         self.stub = pb_grpc.JobServiceStub(self.channel)
@@ -135,6 +138,13 @@ class Client:
 
     def close(self) -> None:
         self.channel.close()
+
+
+def _read(path: str | None, what: str) -> bytes | None:
+    try:
+        return Path(path).read_bytes() if path else None
+    except OSError as exc:
+        raise ValueError(f"cannot read the {what} {path}: {exc.strerror}") from None
 
 
 STATE_NAMES = {v: k for k, v in pb.JobState.items()}

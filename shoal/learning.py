@@ -53,6 +53,9 @@ class IdentityRequest:
     global_fragments: np.ndarray  # int64 [g, n_animals]
     method: str = "contrastive"  # or "accumulation"
     seed: int = 0
+    # an earlier session's identity model (shoal.knowledge file bytes) to start from and to match
+    # identities to; empty: learn from scratch
+    knowledge: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint8))
 
 
 @dataclass
@@ -62,6 +65,11 @@ class IdentityReply:
     silhouette: float = float("nan")
     ratio_accumulated: float = float("nan")
     notes: list[str] = field(default_factory=list)
+    # the trained identity model (shoal.knowledge file bytes; output k = probabilities' column k)
+    model: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint8))
+    # with knowledge: share of images on which the earlier model names the identity they were
+    # matched to (NaN without knowledge)
+    transfer_score: float = float("nan")
 
 
 class IdentifierClient(Protocol):

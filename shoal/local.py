@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,6 +18,13 @@ from pathlib import Path
 
 PR_SET_PDEATHSIG = 1
 START_TIMEOUT_S = 60
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (for services that cannot report the one they bound)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def default_segmenters() -> int:
@@ -45,10 +53,17 @@ def read_ready_line(proc: subprocess.Popen, timeout: float = START_TIMEOUT_S) ->
 
 
 class LocalCluster:
-    """Gateway + K segmenters + one identifier + one assembler on 127.0.0.1."""
+    """Gateway + K segmenters + one identifier + one assembler on 127.0.0.1.
 
-    def __init__(self, data_root: Path, work_dir: Path, segmenters: int | None = None, threads: int = 0):
+    With ``metrics``, each service serves Prometheus ``/metrics`` on a port of its own, listed in
+    :attr:`metrics_ports` by process name, for a local Prometheus (:mod:`shoal.prometheus`) to scrape.
+    """
+
+    def __init__(self, data_root: Path, work_dir: Path, segmenters: int | None = None, threads: int = 0,
+                 metrics: bool = False):
         self.data_root, self.work_dir = data_root, work_dir
+        self.metrics = metrics
+        self.metrics_ports: dict[str, int] = {}
         self.segmenters = segmenters or default_segmenters()
         # torch's spinning OpenMP threads collapse when they share cores with other busy processes
         self.threads = threads or max(1, (os.cpu_count() or 2) - 1)
@@ -76,20 +91,27 @@ class LocalCluster:
         self._log = open(self.log_path, "ab")
         gateway = self._spawn("gateway", "services.gateway.main", [
             "--data-root", str(self.data_root), "--work-dir", str(self.work_dir),
-            "--grpc-address", "127.0.0.1:0", "--control", "tcp://127.0.0.1:0", "--metrics-port", "-1",
-            "--drain-seconds", "0",
+            "--grpc-address", "127.0.0.1:0", "--control", "tcp://127.0.0.1:0",
+            "--metrics-port", "0" if self.metrics else "-1", "--drain-seconds", "0",
         ], stdout=subprocess.PIPE, text=True)
         ready = self._wait_ready(gateway)
         fields = dict(part.split("=", 1) for part in ready.split()[1:])
         self.grpc_address, control = fields["grpc"], fields["control"]
-        common = ["--gateway", control, "--metrics-port", "-1"]
+        if self.metrics:
+            self.metrics_ports["gateway"] = int(fields["metrics"])
         loopback = "tcp://127.0.0.1:0"
         for i in range(self.segmenters):
-            self._spawn(f"segmenter-{i}", "services.segmenter.main", common)
-        self._spawn("identifier", "services.identifier.main", [
-            *common, "--batches", loopback, "--requests", loopback,
+            self._spawn_worker(f"segmenter-{i}", "services.segmenter.main", control, [])
+        self._spawn_worker("identifier", "services.identifier.main", control, [
+            "--batches", loopback, "--requests", loopback,
             "--store", str(self.work_dir / "store"), "--threads", str(self.threads)])
-        self._spawn("assembler", "services.assembler.main", [*common, "--geometry", loopback])
+        self._spawn_worker("assembler", "services.assembler.main", control, ["--geometry", loopback])
+
+    def _spawn_worker(self, name: str, module: str, control: str, args: list[str]) -> None:
+        port = -1
+        if self.metrics:
+            port = self.metrics_ports[name] = free_port()
+        self._spawn(name, module, ["--gateway", control, "--metrics-port", str(port), *args])
 
     def _wait_ready(self, proc: subprocess.Popen) -> str:
         line = read_ready_line(proc)

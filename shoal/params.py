@@ -17,6 +17,10 @@ import numpy as np
 METHODS = ("contrastive", "accumulation")
 TRAJECTORY_FORMATS = ("npy", "h5", "csv", "csv_tidy")
 BACKGROUND_STATS = ("median", "mean", "max", "min")
+#: trail of the overlay video in frames when ``video_trail`` is unset: ``shoal video``'s default too
+DEFAULT_VIDEO_TRAIL = 20
+#: smallest side of individual videos in pixels (smaller crops cannot show an animal's posture)
+MIN_INDIVIDUAL_VIDEO_SIZE = 8
 
 #: idtracker.ai keys that Shoal reads but that have no effect here (GUI or storage details).
 IGNORED_KEYS = {"bounding_box_images_in_ram", "data_policy", "number_of_parallel_workers", "name"}
@@ -40,6 +44,14 @@ class TrackingParams:
     Either left as None is chosen from the video (background subtraction, see
     ``services/segmenter/auto_thresholds.py``).
     ``tracking_intervals``: ``[[start, end), ...]`` in global frame numbers, or None for all.
+    ``exclusive_rois``: each connected region of the ROI is a separate arena whose animals never
+    leave it; identities are learned per region and numbered region by region.
+    ``animals_per_roi`` (Shoal's own): animals in each region, in the regions' order (raster order
+    of their top pixel); None infers them from the frames showing all animals apart.
+    ``output_video``, ``output_individual_videos`` (Shoal's own): after the trajectories, the job
+    also writes ``overlay.mp4`` and ``individual_videos/`` into the session folder, as ``shoal video``
+    does, so a cluster job leaves videos to check by eye. ``video_trail`` (frames; None: 20) and
+    ``individual_video_size`` (pixels; None: one body length) are their ``--trail`` and ``--size``.
     """
 
     video_paths: list[str] = field(default_factory=list)
@@ -63,8 +75,13 @@ class TrackingParams:
     setup_points: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     identities_labels: list[str] | None = None
     # Shoal's own
+    animals_per_roi: list[int] | None = None
     method: str = "contrastive"
     seed: int = 0
+    output_video: bool = False
+    output_individual_videos: bool = False
+    video_trail: int | None = None
+    individual_video_size: int | None = None
 
     def validate(self) -> TrackingParams:
         """Check ranges; raise ParamError naming the first bad field. Returns self."""
@@ -103,10 +120,14 @@ class TrackingParams:
             raise ParamError("frames_per_episode", "must be >= 10")
         if self.method not in METHODS:
             raise ParamError("method", f"must be one of {', '.join(METHODS)}")
-        if self.exclusive_rois:
-            raise ParamError("exclusive_rois", "exclusive arenas are not supported yet; track each arena separately")
-        if self.knowledge_transfer_folder:
-            raise ParamError("knowledge_transfer_folder", "knowledge transfer is not supported yet")
+        if self.exclusive_rois and not self.roi_list:
+            raise ParamError("exclusive_rois", "needs a roi_list with one separate region per arena")
+        if self.animals_per_roi is not None:
+            check_animals_per_roi(self.animals_per_roi, self.number_of_animals, self.exclusive_rois)
+        if self.knowledge_transfer_folder and (self.track_wo_identities or self.exclusive_rois):
+            why = "tracking without identities" if self.track_wo_identities else "exclusive_rois (not supported yet)"
+            raise ParamError("knowledge_transfer_folder", f"cannot be combined with {why}")
+        check_video_outputs(self)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -186,6 +207,33 @@ def check_identities_labels(labels: list[str], number_of_animals: int) -> list[s
     return list(labels)
 
 
+def check_animals_per_roi(counts: list[int], number_of_animals: int, exclusive_rois: bool) -> list[int]:
+    """Check the animals of each exclusive arena: positive counts that add up to number_of_animals."""
+    if not exclusive_rois:
+        raise ParamError("animals_per_roi", "only applies with exclusive_rois")
+    if not counts or any(c < 1 for c in counts):
+        raise ParamError("animals_per_roi", f"needs one count >= 1 per region, got {list(counts)}")
+    if number_of_animals and sum(counts) != number_of_animals:
+        raise ParamError("animals_per_roi", f"counts {list(counts)} add up to {sum(counts)}, "
+                                            f"not number_of_animals = {number_of_animals}")
+    return list(counts)
+
+
+def check_video_outputs(params: TrackingParams) -> None:
+    """Check the video options; a size or trail without its video would silently do nothing."""
+    if params.video_trail is not None:
+        if not params.output_video:
+            raise ParamError("video_trail", "only applies with output_video")
+        if params.video_trail < 0:
+            raise ParamError("video_trail", f"must be >= 0 frames, got {params.video_trail}")
+    if params.individual_video_size is not None:
+        if not params.output_individual_videos:
+            raise ParamError("individual_video_size", "only applies with output_individual_videos")
+        if params.individual_video_size < MIN_INDIVIDUAL_VIDEO_SIZE:
+            raise ParamError("individual_video_size", f"must be at least {MIN_INDIVIDUAL_VIDEO_SIZE} pixels, "
+                                                      f"got {params.individual_video_size}")
+
+
 def _coerce(key: str, value: Any) -> Any:
     if key == "setup_points":
         return check_setup_points(value)
@@ -198,7 +246,13 @@ def _coerce(key: str, value: Any) -> Any:
             return (float(lo), hi)
         if key == "tracking_intervals":
             return [(int(a), int(b)) for a, b in value]
+        if key == "animals_per_roi":
+            return [int(v) for v in ([value] if isinstance(value, int | float | str) else value)]
         if key in ("number_of_animals", "number_of_frames_for_background", "frames_per_episode", "seed"):
+            return int(value)
+        if key in ("video_trail", "individual_video_size"):  # int() would take true as 1 and 2.7 as 2
+            if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+                raise TypeError("expected a whole number")
             return int(value)
         if key == "id_image_size":  # idtracker.ai accepts s or [s, s, 1]
             return int(value[0] if isinstance(value, list | tuple) else value) if value != [] else None
@@ -206,7 +260,8 @@ def _coerce(key: str, value: Any) -> Any:
             return float(value)
         if key in ("video_paths", "roi_list", "trajectories_formats", "identities_labels"):
             return [str(v) for v in ([value] if isinstance(value, str) else value)]
-        if key in ("use_bkg", "track_wo_identities", "exclusive_rois", "check_segmentation"):
+        if key in ("use_bkg", "track_wo_identities", "exclusive_rois", "check_segmentation", "output_video",
+                   "output_individual_videos"):
             if not isinstance(value, bool):
                 raise TypeError("expected true or false")
             return value

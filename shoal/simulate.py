@@ -16,6 +16,10 @@ one seed has to generalise. Animals are rendered one small patch each with analy
 3000-frame 1000x1000 video renders in seconds. The ground-truth position of an animal is the
 centroid of its own rendered silhouette, which is what a segmentation of an isolated animal
 measures.
+
+Several separate arenas (``n_arenas``, tanks side by side, animals never leave their own) test
+exclusive ROIs; ``marking_seed`` films the same individuals again with new motion, for knowledge
+transfer between sessions.
 """
 
 from __future__ import annotations
@@ -79,7 +83,13 @@ def presets() -> dict[str, Preset]:
 
 @dataclass
 class SimulationConfig:
-    """What to simulate. width/height default to the preset's frame size."""
+    """What to simulate. width/height default to the preset's frame size (times n_arenas in width).
+
+    ``n_arenas`` tanks stand side by side, each a column of the frame; animals are shared out as
+    evenly as possible (the first arenas take the remainder) and numbered arena by arena.
+    ``marking_seed`` (default: ``seed``) draws the animals' bodies, markings and the look, so two
+    videos with one marking_seed and different seeds show the same individuals moving differently.
+    """
 
     n_animals: int = 4
     n_frames: int = 1000
@@ -88,6 +98,12 @@ class SimulationConfig:
     preset: str = "fish"
     seed: int = 0
     fps: float = 30.0
+    always_touching: bool = False
+    """Keep at least one group of animals touching in every frame, so that no frame shows every
+    animal apart: the video has no global fragment (the case idtracker.ai's accumulation cannot
+    start from, and the contrastive route of Torrents et al. 2025 must handle). Needs 4 animals."""
+    n_arenas: int = 1
+    marking_seed: int | None = None
 
     def __post_init__(self) -> None:
         if self.preset not in PRESET_NAMES:
@@ -98,14 +114,34 @@ class SimulationConfig:
             raise ValueError(f"need at least one frame, got {self.n_frames}")
         if self.fps <= 0:
             raise ValueError(f"fps must be positive, got {self.fps}")
+        if self.always_touching and self.n_animals < 4:
+            raise ValueError("always_touching needs at least 4 animals: one pair may part only once "
+                             f"another pair has met, got {self.n_animals}")
+        if not 1 <= self.n_arenas <= self.n_animals:
+            raise ValueError(f"need 1 to n_animals arenas, got {self.n_arenas} for {self.n_animals} animals")
         preset = presets()[self.preset]
-        self.width = preset.width if self.width is None else int(self.width)
+        self.width = preset.width * self.n_arenas if self.width is None else int(self.width)
         self.height = preset.height if self.height is None else int(self.height)
-        if min(self.width, self.height) < 4 * preset.body_length[1]:
+        if min(self.width // self.n_arenas, self.height) < 4 * preset.body_length[1]:
+            where = "frame" if self.n_arenas == 1 else f"frame split into {self.n_arenas} arenas"
             raise ValueError(
-                f"a {self.width}x{self.height} frame is too small for {self.preset} "
-                f"(needs at least {int(4 * preset.body_length[1])} px per side)"
+                f"a {self.width}x{self.height} {where} is too small for {self.preset} "
+                f"(needs at least {int(4 * preset.body_length[1])} px per side and arena)"
             )
+
+    def arena_sizes(self) -> list[int]:
+        """Animals in each arena, arena by arena."""
+        base, extra = divmod(self.n_animals, self.n_arenas)
+        return [base + (k < extra) for k in range(self.n_arenas)]
+
+    def arena_rois(self) -> list[str]:
+        """One ROI string (idtracker.ai syntax) per arena: its column less a 1-2 px border.
+
+        Neighbouring arenas are two pixels apart, so each is its own connected region of the ROI.
+        """
+        col, h = self.width // self.n_arenas, self.height
+        return [f"+ Polygon [[{k * col + 1}, 1], [{(k + 1) * col - 2}, 1], [{(k + 1) * col - 2}, {h - 2}], "
+                f"[{k * col + 1}, {h - 2}]]" for k in range(self.n_arenas)]
 
 
 @dataclass(frozen=True)
@@ -158,6 +194,7 @@ class GroundTruth:
     orientation: np.ndarray  # float64 [F, N]
     crossings: np.ndarray  # int64 [K, 4] (first frame, last frame, i, j) of each pairwise contact
     body_length: float
+    arena: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # int64 [N] arena of each animal
 
     def crossing_count(self) -> int:
         """Number of contact episodes; a three-animal crossing counts once per touching pair."""
@@ -317,9 +354,9 @@ def _draw_animals(
 class _Arena:
     """A circle or a rectangle inside the frame, with room for a whole body at the wall."""
 
-    def __init__(self, width: int, height: int, margin: float, rng: np.random.Generator):
+    def __init__(self, width: int, height: int, margin: float, rng: np.random.Generator, x0: int = 0):
         self.circle = bool(rng.random() < 0.7)
-        self.cx, self.cy = (width - 1) / 2.0, (height - 1) / 2.0
+        self.cx, self.cy = x0 + (width - 1) / 2.0, (height - 1) / 2.0
         self.hx, self.hy = width / 2.0 - margin, height / 2.0 - margin
         self.radius = min(self.hx, self.hy)
 
@@ -372,7 +409,7 @@ class _Motion:
     """
 
     def __init__(self, n: int, preset: Preset, animals: list[Animal], arena: _Arena,
-                 rng: np.random.Generator):
+                 rng: np.random.Generator, always_touching: bool = False):
         self.n, self.rng, self.arena, self.gait = n, rng, arena, preset.gait
         L = float(np.median([a.length for a in animals]))
         self.L = L
@@ -399,6 +436,20 @@ class _Motion:
         self.groups: list[_Group] = []
         self.max_groups = max(1, n // 8)
         self.next_crossing = int(rng.integers(*self.crossing_gap))
+        self.always_touching = always_touching
+        if always_touching:
+            self.max_groups = max(2, n // 4)
+            self._start_touching()
+
+    def _start_touching(self) -> None:
+        """Animals 0 and 1 begin side by side, already merged, so even frame 0 has a crossing."""
+        side = self.heading[0] + math.pi / 2
+        self.pos[1] = self.arena.clamp(*(self.pos[0] + 0.5 * self.body_width * np.array([math.cos(side),
+                                                                                           math.sin(side)])))
+        centre = self.pos[:2].mean(axis=0)
+        base = self.rng.uniform(-math.pi, math.pi)
+        self.groups.append(_Group([0, 1], "together", int(self.rng.integers(6, 35)), [base, base + math.pi],
+                                  centre=centre, offsets=self.pos[:2] - centre))
 
     def _spread_out(self) -> None:
         """Start with everyone apart (re-draw positions closer than 1.5 body lengths)."""
@@ -429,7 +480,8 @@ class _Motion:
 
     def _schedule_crossings(self) -> None:
         self.next_crossing -= 1
-        if self.n < 2 or self.next_crossing > 0 or len(self.groups) >= self.max_groups:
+        due = self.next_crossing <= 0 or (self.always_touching and len(self.groups) < self.max_groups)
+        if self.n < 2 or not due or len(self.groups) >= self.max_groups:
             return
         self.next_crossing = int(self.rng.integers(*self.crossing_gap))
         free = [i for i in range(self.n) if i not in self.grouped() and self.cooldown[i] == 0]
@@ -488,6 +540,9 @@ class _Motion:
             self.omega[i] = float(np.clip(turn, -0.08, 0.08))
             self.heading[i] += self.omega[i]
             self.speed[i] = 0.2 * self.vmax
+        if g.frames_left <= 0 and self.always_touching and not any(
+                o is not g and o.stage == "together" for o in self.groups):
+            return  # hold on until another group has met
         if g.frames_left <= 0:
             self.departure[m] = g.departures
             self._release(g, straight=True)
@@ -573,14 +628,27 @@ class Simulation:
         self.config = config
         preset = presets()[config.preset]
         seeds = np.random.SeedSequence(config.seed).spawn(4)
+        if config.marking_seed is not None:  # the same individuals (and setup) as another video
+            marking = np.random.SeedSequence(config.marking_seed).spawn(4)
+            seeds[0], seeds[3] = marking[0], marking[3]
         look_rng, motion_rng, self._noise_rng, animal_rng = (np.random.default_rng(s) for s in seeds)
         self.look = _draw_look(config.preset, look_rng)
         self.shape = _Shape(config.preset, preset, look_rng)
         self.animals = _draw_animals(config.n_animals, config.preset, preset, self.look, animal_rng)
         self.body_length = float(np.median([a.length for a in self.animals]))
         self._patch_half = int(math.ceil(0.62 * max(a.length for a in self.animals) + 4))
-        arena = _Arena(config.width, config.height, self._patch_half + 2, motion_rng)
-        self.motion = _Motion(config.n_animals, preset, self.animals, arena, motion_rng)
+        col = config.width // config.n_arenas
+        self.motions: list[_Motion] = []
+        self._where: list[tuple[_Motion, int]] = []  # animal -> (its arena's motion, its index there)
+        self.arena = np.repeat(np.arange(config.n_arenas), config.arena_sizes()).astype(np.int64)
+        first = 0
+        for k, size in enumerate(config.arena_sizes()):
+            arena = _Arena(col, config.height, self._patch_half + 2, motion_rng, x0=k * col)
+            motion = _Motion(size, preset, self.animals[first:first + size], arena, motion_rng,
+                             config.always_touching)
+            self.motions.append(motion)
+            self._where += [(motion, j) for j in range(size)]
+            first += size
         self.background = self._background()
 
     def _background(self) -> np.ndarray:
@@ -588,8 +656,12 @@ class Simulation:
         look = self.look
         y, x = np.mgrid[0:h, 0:w].astype(np.float32)
         xn, yn = x / max(w - 1, 1) - 0.5, y / max(h - 1, 1) - 0.5
-        return (look.background + look.gradient[0] * xn + look.gradient[1] * yn
-                - look.vignette * 2.0 * (xn * xn + yn * yn)).astype(np.float32)
+        background = (look.background + look.gradient[0] * xn + look.gradient[1] * yn
+                      - look.vignette * 2.0 * (xn * xn + yn * yn)).astype(np.float32)
+        col = w // self.config.n_arenas
+        for k in range(1, self.config.n_arenas):  # a dark wall between neighbouring tanks
+            background[:, k * col - 1:k * col + 1] = look.body_grey
+        return background
 
     def frames(self) -> Iterator[tuple[np.ndarray, FrameTruth]]:
         cfg, look = self.config, self.look
@@ -599,8 +671,10 @@ class Simulation:
         bank *= np.float32(look.noise_sigma / math.sqrt(2.0))
         canvas, noise = np.empty((h, w), np.float32), np.empty((h, w), np.float32)
         contacts: set[tuple[int, int]] = set()
+        offsets = np.concatenate([[0], np.cumsum(cfg.arena_sizes())])
         for _ in range(cfg.n_frames):
-            self.motion.step(contacts)
+            for k, motion in enumerate(self.motions):  # animals of different arenas never touch
+                motion.step({(a - offsets[k], b - offsets[k]) for a, b in contacts if self.arena[a] == k})
             np.copyto(canvas, self.background)
             patches = [self._render(i, canvas) for i in range(cfg.n_animals)]
             contacts = _contacts(patches)
@@ -616,7 +690,8 @@ class Simulation:
             frame = cv2.convertScaleAbs(canvas)
             truth = FrameTruth(
                 positions=np.array([p[3] for p in patches], float),
-                orientation=(self.motion.heading + math.pi) % (2 * math.pi) - math.pi,
+                orientation=(np.concatenate([m.heading for m in self.motions]) + math.pi) % (2 * math.pi)
+                - math.pi,
                 touching=touching,
                 contacts=sorted(contacts),
             )
@@ -624,7 +699,7 @@ class Simulation:
 
     def _render(self, i: int, canvas: np.ndarray):
         """Draw animal i into the canvas; return (y0, x0, mask, centroid) for contact tests."""
-        m, animal = self.motion, self.animals[i]
+        (m, i), animal = self._where[i], self.animals[i]
         x, y = m.pos[i]
         r = self._patch_half
         x0, y0 = int(math.floor(x)) - r, int(math.floor(y)) - r
@@ -680,8 +755,8 @@ def simulate_frames(config: SimulationConfig) -> Iterator[tuple[np.ndarray, Fram
     return Simulation(config).frames()
 
 
-def collect_truth(truths: list[FrameTruth], body_length: float) -> GroundTruth:
-    """Stack per-frame truths and list every pairwise contact episode."""
+def collect_truth(truths: list[FrameTruth], body_length: float, arena: np.ndarray | None = None) -> GroundTruth:
+    """Stack per-frame truths and list every pairwise contact episode; ``arena``: each animal's arena."""
     episodes, open_since = [], {}
     for t, truth in enumerate(truths + [FrameTruth(np.zeros((0, 2)), np.zeros(0), np.zeros(0, bool))]):
         now = set(truth.contacts)
@@ -696,6 +771,7 @@ def collect_truth(truths: list[FrameTruth], body_length: float) -> GroundTruth:
         orientation=np.array([t.orientation for t in truths], np.float64),
         crossings=np.array(sorted(episodes), np.int64).reshape(-1, 4),
         body_length=body_length,
+        arena=np.zeros(len(truths[0].positions) if truths else 0, np.int64) if arena is None else arena,
     )
 
 
@@ -706,7 +782,7 @@ def simulate(config: SimulationConfig) -> tuple[np.ndarray, GroundTruth]:
     for frame, truth in sim.frames():
         frames.append(frame)
         truths.append(truth)
-    return np.stack(frames), collect_truth(truths, sim.body_length)
+    return np.stack(frames), collect_truth(truths, sim.body_length, sim.arena)
 
 
 def write_simulation(config: SimulationConfig, out_dir: str | Path) -> dict[str, Path]:
@@ -746,7 +822,7 @@ def write_simulation(config: SimulationConfig, out_dir: str | Path) -> dict[str,
         writer.release()
     if errors:
         raise OSError(f"writing {video_path} failed: {errors[0]}")
-    gt = collect_truth(truths, sim.body_length)
+    gt = collect_truth(truths, sim.body_length, sim.arena)
     np.savez_compressed(
         truth_path,
         positions=gt.positions,
@@ -760,6 +836,9 @@ def write_simulation(config: SimulationConfig, out_dir: str | Path) -> dict[str,
         preset=np.str_(config.preset),
         seed=np.int64(config.seed),
         n_animals=np.int64(config.n_animals),
+        arena=gt.arena,
+        arena_rois=np.array(config.arena_rois()),
+        marking_seed=np.int64(config.seed if config.marking_seed is None else config.marking_seed),
     )
     return {"video": video_path, "ground_truth": truth_path}
 
@@ -775,10 +854,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=None)
     parser.add_argument("--height", type=int, default=None)
     parser.add_argument("--fps", type=float, default=30.0)
+    parser.add_argument("--always-touching", action="store_true",
+                        help="some animals touch in every frame: a video without global fragments")
+    parser.add_argument("--arenas", type=int, default=1,
+                        help="separate tanks side by side (their ROIs are printed, for --exclusive-rois)")
+    parser.add_argument("--marking-seed", type=int, default=None,
+                        help="seed of the animals' looks (default --seed): the same individuals in another video")
     args = parser.parse_args(argv)
     try:
         config = SimulationConfig(args.animals, args.frames, args.width, args.height, args.preset,
-                                  args.seed, args.fps)
+                                  args.seed, args.fps, args.always_touching, n_arenas=args.arenas,
+                                  marking_seed=args.marking_seed)
         paths = write_simulation(config, args.out)
     except (ValueError, OSError) as err:
         print(f"shoal simulate: {err}", file=sys.stderr)
@@ -792,6 +878,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{config.n_animals} {config.preset}, {config.n_frames} frames of {config.width}x{config.height}, "
           f"body length {body_length:.1f} px")
     print(f"crossings (pairwise contacts): {n_crossings}; touching animal-frames: {touching:.1%}")
+    if config.n_arenas > 1:
+        print(f"arenas: {config.arena_sizes()} animals; ROI: "
+              + " ".join(f'--roi "{roi}"' for roi in config.arena_rois()))
     return 0
 
 

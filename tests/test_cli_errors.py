@@ -84,3 +84,114 @@ def test_main_returns_exit_code_in_process(argv, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("shoal:")
+
+
+# -- the gateway's refusals: one line, exit 2 (change the command) or 1, never a traceback -----------
+
+TOKEN = "cli-errors-token-0123456789"
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory, video_writer):
+    """A gateway that requires a token and takes uploads of at most ~1 KiB, with one worker of each role."""
+    from tests.gateway_services import Services
+
+    root = tmp_path_factory.mktemp("cli")
+    (root / "data").mkdir()
+    video_writer(root / "data" / "squares.avi")
+    video_writer(root / "outside.avi")
+    with Services(root / "data", root / "work", env={"SHOAL_AUTH_TOKEN": TOKEN},
+                  gateway_args=["--max-upload-mb", "0.001"]) as services:
+        services.start_gateway()
+        services.start_workers()
+        yield services
+
+
+def _shoal(gateway, *argv: str, token: str | None = TOKEN) -> tuple[int, str, str]:
+    """Run ``shoal ARGV`` in this process against the gateway; (exit code, stdout, stderr)."""
+    import contextlib
+    import io
+
+    from shoal.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    auth = ["--token", token] if token else []
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([*argv, "--gateway", gateway.grpc_address, *auth])
+    return code, out.getvalue(), err.getvalue()
+
+
+def _one_line(err: str, *words: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("shoal: "), err
+    for word in words:
+        assert word in lines[0], f"{word!r} not in {lines[0]!r}"
+    return lines[0]
+
+
+def _submit(gateway, *args: str) -> str:
+    code, out, err = _shoal(gateway, "submit", str(gateway.data_root / "squares.avi"), "--animals", "2",
+                            "--intensity", "0", "100", *args)
+    assert code == 0, err
+    return out.split()[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("argv", "token", "exit_code", "words"), [
+    (["jobs"], None, 2, ["unauthenticated", "--token"]),
+    (["jobs"], "wrong-token-wrong-token", 2, ["unauthenticated", "wrong"]),
+    (["watch", "nosuchjob"], TOKEN, 2, ["not_found", "nosuchjob"]),
+    (["cancel", "nosuchjob"], TOKEN, 2, ["not_found", "nosuchjob"]),
+    (["fetch", "nosuchjob", "--out", "x"], TOKEN, 2, ["not_found", "nosuchjob"]),
+    (["submit", "{outside}", "--animals", "2"], TOKEN, 2, ["permission_denied", "outside.avi", "data root"]),
+    (["submit", "{data}/squares.avi", "--animals", "2", "--intervals", "0", "500"], TOKEN, 2,
+     ["invalid_argument", "tracking_intervals", "12 frames"]),
+    (["submit", "{outside}", "--animals", "2", "--upload"], TOKEN, 1, ["resource_exhausted", "MiB"]),
+], ids=["no-token", "wrong-token", "watch-unknown", "cancel-unknown", "fetch-unknown", "outside-data-root",
+        "interval-past-end", "upload-too-big"])
+def test_gateway_refusals_are_one_line(gateway, argv, token, exit_code, words):
+    argv = [a.format(outside=gateway.data_root.parent / "outside.avi", data=gateway.data_root) for a in argv]
+    code, out, err = _shoal(gateway, *argv, token=token)
+    assert code == exit_code, err
+    _one_line(err, *words)
+    assert out == ""
+
+
+@pytest.mark.slow
+def test_fetching_an_unfinished_job_and_watching_a_cancelled_one(gateway):
+    job = _submit(gateway)
+    code, out, err = _shoal(gateway, "cancel", job)
+    assert code == 0 and job in out and "CANCELLED" in out, err
+    code, _, err = _shoal(gateway, "fetch", job, "--out", "x")
+    assert code == 2
+    _one_line(err, "failed_precondition", "cancelled", "succeeded")
+    code, out, err = _shoal(gateway, "watch", job)
+    assert code == 1 and "CANCELLED" in out  # a script waiting on the job can tell it did not succeed
+    _one_line(err, "job cancelled", "cancelled by request")
+
+
+@pytest.mark.slow
+def test_fetch_into_an_unwritable_folder(gateway, tmp_path: Path):
+    job = _submit(gateway, "--watch")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    code, _, err = _shoal(gateway, "fetch", job, "--out", str(blocker / "session"))
+    assert code == 2
+    _one_line(err, "cannot write the session folder", "a-file")
+    code, out, err = _shoal(gateway, "fetch", job, "--out", str(tmp_path / "session"))
+    assert code == 0 and (tmp_path / "session" / "trajectories" / "trajectories.npy").is_file(), err
+
+
+@pytest.mark.slow
+def test_unreachable_gateway_from_the_console(tmp_path: Path):
+    """The real entry point: one line naming the address and what to check, exit 1, for each command."""
+    from tests.gateway_services import free_port
+
+    address = f"127.0.0.1:{free_port()}"  # nobody listens there
+    for argv in (["jobs"], ["watch", "abc"], ["cancel", "abc"], ["fetch", "abc", "--out", "x"],
+                 ["submit", "v.avi", "--animals", "2"]):
+        proc = subprocess.run([sys.executable, "-m", "shoal.cli", *argv, "--gateway", address], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 1, (argv, proc.stderr)
+        assert "Traceback" not in proc.stderr
+        _one_line(proc.stderr, "unavailable", address, "SHOAL_GATEWAY")

@@ -19,11 +19,9 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
-import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,6 +37,8 @@ from services.assembler.main import AssemblerConfig
 from services.gateway.main import GatewayConfig
 from services.identifier.main import IdentifierConfig
 from services.segmenter.main import SegmenterConfig
+from shoal.local import LocalCluster
+from shoal.prometheus import LocalPrometheus
 from shoal.v1 import jobs_pb2 as pb
 from shoal.v1 import jobs_pb2_grpc as pb_grpc
 
@@ -419,30 +419,14 @@ def test_compose_runs_each_service_with_its_real_settings():
 # -- metric names against a live scrape -----------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _scrape(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
         return response.read().decode()
 
 
-def _read_ready(proc: subprocess.Popen, deadline: float) -> str:
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if line.startswith("READY"):
-            return line
-        if not line and proc.poll() is not None:
-            break
-    raise AssertionError("the gateway did not start")
-
-
 @dataclasses.dataclass
 class Live:
-    """The four services on loopback: their data root, gRPC address and metrics ports."""
+    """The four services on loopback: their data root, gRPC address and metrics ports by component."""
 
     root: Path
     grpc_address: str
@@ -454,32 +438,15 @@ class Live:
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory, video_writer) -> Iterator[Live]:
-    """The gateway and one worker of each role, started and registered, with a 12-frame video."""
+    """The gateway and one worker of each role, as local mode runs them, started and registered, with a
+    12-frame video."""
     root = tmp_path_factory.mktemp("live")
     video_writer(root / "squares.avi")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    procs: list[subprocess.Popen] = []
-    log = open(root / "services.log", "wb")
-
-    def spawn(module: str, *args: str, **kwargs) -> subprocess.Popen:
-        procs.append(subprocess.Popen([sys.executable, "-m", module, *args], stdin=subprocess.DEVNULL,
-                                      stderr=log, env=env, cwd=ROOT, **kwargs))
-        return procs[-1]
-
-    try:
+    with LocalCluster(root, root / "work", segmenters=1, threads=1, metrics=True) as cluster:
+        ports = {name.removesuffix("-0"): port for name, port in cluster.metrics_ports.items()}
+        assert set(ports) == set(CONFIGS)
+        live = Live(root, cluster.grpc_address, ports)
         deadline = time.monotonic() + START_TIMEOUT_S
-        gateway = spawn("services.gateway.main", "--data-root", str(root), "--work-dir", str(root / "work"),
-                        "--grpc-address", "127.0.0.1:0", "--control", "tcp://127.0.0.1:0", "--metrics-port", "0",
-                        stdout=subprocess.PIPE, text=True)
-        ready = dict(part.split("=", 1) for part in _read_ready(gateway, deadline).split()[1:])
-        live = Live(root, ready["grpc"], {"gateway": int(ready["metrics"])})
-        loopback = "tcp://127.0.0.1:0"
-        for component, args in (("segmenter", []), ("identifier", ["--batches", loopback, "--requests", loopback,
-                                                                   "--store", str(root / "store"), "--threads", "1"]),
-                                ("assembler", ["--geometry", loopback])):
-            live.ports[component] = _free_port()
-            spawn(f"services.{component}.main", "--gateway", ready["control"],
-                  "--metrics-port", str(live.ports[component]), *args)
         texts: dict[str, str] = {}
         while time.monotonic() < deadline:
             try:
@@ -492,18 +459,8 @@ def live(tmp_path_factory: pytest.TempPathFactory, video_writer) -> Iterator[Liv
             time.sleep(0.2)
         else:
             raise AssertionError(f"services did not start and register in {START_TIMEOUT_S} s; "
-                                 f"see {root / 'services.log'}; last gateway scrape:\n{texts.get('gateway', '')}")
+                                 f"see {cluster.log_path}; last gateway scrape:\n{texts.get('gateway', '')}")
         yield live
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        log.close()
 
 
 @pytest.fixture(scope="module")
@@ -557,44 +514,15 @@ def test_metrics_follow_prometheus_naming(live_metrics):
                 assert "job" not in sample.labels, "a job label collides with Prometheus's own"
 
 
-def _promql(port: int, expr: str) -> list[dict]:
-    query = urllib.parse.urlencode({"query": expr})
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/query?{query}", timeout=5) as response:
-        return json.load(response)["data"]["result"]
-
-
 @pytest.fixture
-def prometheus(live: Live, tmp_path: Path) -> Iterator[int]:
-    """A real Prometheus on loopback scraping the live services every second; yields its port."""
-    binary = _tool("prometheus")
-    port = _free_port()
-    config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-              "scrape_configs": [{"job_name": "shoal", "static_configs": [
-                  {"targets": [f"127.0.0.1:{p}"], "labels": {"component": c}} for c, p in live.ports.items()]}]}
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    with open(tmp_path / "prometheus.log", "wb") as log:
-        proc = subprocess.Popen([binary, f"--config.file={tmp_path / 'prometheus.yml'}",
-                                 f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"],
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-        try:
-            deadline = time.monotonic() + START_TIMEOUT_S
-            while time.monotonic() < deadline:
-                try:
-                    if len(_promql(port, 'up{job="shoal"} == 1')) == len(live.ports):
-                        break
-                except OSError:
-                    pass
-                time.sleep(0.2)
-            else:
-                raise AssertionError(f"Prometheus did not scrape every service; see {tmp_path / 'prometheus.log'}")
-            yield port
-        finally:
-            proc.terminate()
-            proc.wait(10)
+def prometheus(live: Live, tmp_path: Path) -> Iterator[LocalPrometheus]:
+    """A real Prometheus on loopback scraping the live services every second."""
+    with LocalPrometheus(_tool("prometheus"), live.ports, tmp_path, scrape_interval_s=1) as running:
+        yield running
 
 
 @pytest.mark.slow
-def test_prometheus_sees_what_a_job_did(live: Live, prometheus: int):
+def test_prometheus_sees_what_a_job_did(live: Live, prometheus: LocalPrometheus):
     """A real job through the services, watched by a real Prometheus: frames, per-job progress, latency."""
     with grpc.insecure_channel(live.grpc_address) as channel:
         stub = pb_grpc.JobServiceStub(channel)
@@ -607,13 +535,10 @@ def test_prometheus_sees_what_a_job_did(live: Live, prometheus: int):
     assert final.state == pb.JobState.SUCCEEDED, final.error
 
     def value(expr: str) -> float:
-        (sample,) = _promql(prometheus, expr)
+        (sample,) = prometheus.query(expr)
         return float(sample["value"][1])
 
-    deadline = time.monotonic() + 10
-    while value('min(timestamp(up{job="shoal"}))') < ended + 0.5:  # every target scraped since the job ended
-        assert time.monotonic() < deadline, "Prometheus stopped scraping"
-        time.sleep(0.2)
+    prometheus.wait_for_scrape_after(ended + 0.5)  # every target scraped since the job ended
     assert value('sum(shoal_jobs_ended_total{state="succeeded"})') == 1
 
     assert value("sum(shoal_frames_segmented_total)") == 12  # the video's frames, once each
@@ -623,5 +548,5 @@ def test_prometheus_sees_what_a_job_did(live: Live, prometheus: int):
     assert 0 < p50 <= seconds
     segment = f'max_over_time(shoal_job_progress_ratio{{job_id="{job.job_id}", stage="segment"}}[5m])'
     assert value(segment) == 1  # scraped while the job ran: its series is gone now
-    assert _promql(prometheus, f'shoal_job_progress_ratio{{job_id="{job.job_id}"}}') == []
+    assert prometheus.query(f'shoal_job_progress_ratio{{job_id="{job.job_id}"}}') == []
     assert value('sum(shoal_training_steps_total{network="contrastive"})') > 0

@@ -49,6 +49,20 @@ def test_the_area_rule_flags_blobs_far_above_the_single_animal_area(scene):
     assert np.array_equal(seems, np.array([len(t) == 2 for t in truth]))
 
 
+def test_the_area_rule_still_works_when_no_frame_shows_every_animal_apart():
+    # Animals 0 and 1 touch in every frame; 2 and 3 meet for a while: no frame holds 4 blobs.
+    frames = []
+    for t in range(60):
+        x = 40 + 2.0 * t
+        meet = 20 <= t < 40
+        frames.append([(x, 50.0, 7.0), (x + 9, 52.0, 7.0),
+                       (250 - 2.0 * t, 120.0, 7.0), (250 - 2.0 * t + (9 if meet else 30), 125.0, 7.0)])
+    table = table_from_discs(frames)
+    assert np.bincount(table.frame).max() < 4
+    truth = true_animals(frames, table)
+    assert np.array_equal(area_rule(table, 4), np.array([len(t) == 2 for t in truth]))
+
+
 def test_crossing_detector_decides_the_unknown_blobs_and_learns_from_the_sure_ones(scene):
     _, n, table, links, truth = scene
     labels = sure_labels(table, links, n)

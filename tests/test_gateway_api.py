@@ -106,6 +106,14 @@ def test_output_dir_outside_the_data_root_is_permission_denied(stub):
     assert not Path(request.output_dir).exists()
 
 
+@pytest.mark.parametrize(("folder", "code"), [("/etc", grpc.StatusCode.PERMISSION_DENIED),
+                                             (".", grpc.StatusCode.INVALID_ARGUMENT)], ids=["outside", "no-model"])
+def test_knowledge_transfer_reads_only_a_session_under_the_data_root(stub, folder, code):
+    err = _error(stub.SubmitJob, _request(["squares.avi"], extra={"knowledge_transfer_folder": folder}))
+    assert err.code() == code
+    assert "knowledge_transfer_folder" in err.details()
+
+
 @pytest.mark.parametrize(("video", "words"), [("missing.avi", "does not exist"), ("random.avi", "random.avi")])
 def test_unreadable_video_is_failed_precondition(stub, data_root, video, words):
     err = _error(stub.SubmitJob, _request([video]))

@@ -156,9 +156,100 @@ def test_python_client_and_cli_with_ca_and_token(gateway, pki):
     (["--auth-token-file", "missing-token"], "missing-token"),
 ])
 def test_unusable_security_settings_stop_the_gateway(tmp_path, args, words):
+    _assert_gateway_refuses(tmp_path, args, words)
+
+
+def _assert_gateway_refuses(tmp_path: Path, args: list[str], words: str) -> None:
+    """The gateway exits with 2 at start-up, its message naming the setting to fix."""
     run = subprocess.run([sys.executable, "-m", "services.gateway.main", "--data-root", str(tmp_path),
                           "--grpc-address", "127.0.0.1:0", "--control", "tcp://127.0.0.1:0", "--metrics-port", "-1",
                           *args], capture_output=True, text=True, timeout=30, cwd=tmp_path,
                          env={k: v for k, v in os.environ.items() if not k.startswith("SHOAL_")})
     assert run.returncode == 2
     assert words in run.stderr
+
+
+# -- mutual TLS: clients must present a certificate signed by the operator's client CA -------------
+
+
+def _write_key(path: Path, key) -> Path:
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    return path
+
+
+@pytest.fixture(scope="module")
+def client_pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A client CA with one client certificate, and a client certificate from an unrelated CA."""
+    folder = tmp_path_factory.mktemp("client-pki")
+    ca_key, rogue_ca_key, client_key, rogue_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(4))
+    files = {"client_ca": folder / "clients-ca.pem", "cert": folder / "client.pem", "rogue_cert": folder / "rogue.pem"}
+    files["client_ca"].write_bytes(_pem(_certificate("shoal clients", ca_key, "shoal clients", ca_key, ca=True)))
+    files["cert"].write_bytes(_pem(_certificate("lab-laptop", client_key, "shoal clients", ca_key, ca=False)))
+    files["rogue_cert"].write_bytes(_pem(_certificate("intruder", rogue_key, "rogue CA", rogue_ca_key, ca=False)))
+    files["key"] = _write_key(folder / "client.key", client_key)
+    files["rogue_key"] = _write_key(folder / "rogue.key", rogue_key)
+    return files
+
+
+@pytest.fixture(scope="module")
+def mtls_gateway(tmp_path_factory: pytest.TempPathFactory, pki: dict[str, Path],
+                 client_pki: dict[str, Path]) -> Iterator[Services]:
+    """A gateway that requires client certificates (set from the environment), without a token."""
+    root = tmp_path_factory.mktemp("mtls")
+    (root / "data").mkdir()
+    with Services(root / "data", root / "work", env={"SHOAL_TLS_CLIENT_CA": str(client_pki["client_ca"])},
+                  gateway_args=["--tls-cert", str(pki["cert"]), "--tls-key", str(pki["key"])]) as services:
+        ready = services.start_gateway()
+        assert "tls=mutual" in ready and "auth=off" in ready
+        yield services
+
+
+def _shoal_jobs(address: str, *flags: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHOAL_")}
+    return subprocess.run([sys.executable, "-m", "shoal.cli", "jobs", "--gateway", address, *flags],
+                          capture_output=True, text=True, timeout=30, env=env)
+
+
+def test_mutual_tls_admits_clients_with_a_certificate_from_the_client_ca(mtls_gateway, pki, client_pki):
+    client = Client(mtls_gateway.grpc_address, ca_file=str(pki["ca"]), cert_file=str(client_pki["cert"]),
+                    key_file=str(client_pki["key"]))
+    assert list(client.list()) == []
+    health = health_pb2_grpc.HealthStub(client.channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+    client.close()
+    run = _shoal_jobs(mtls_gateway.grpc_address, "--ca", str(pki["ca"]), "--cert", str(client_pki["cert"]),
+                      "--key", str(client_pki["key"]))
+    assert run.returncode == 0 and run.stderr == "", run.stderr
+
+
+@pytest.mark.parametrize("who", ["no certificate", "certificate from another CA"])
+def test_mutual_tls_refuses_other_clients_even_for_health_checks(mtls_gateway, pki, client_pki, who):
+    certs = {} if who == "no certificate" else {"cert_file": str(client_pki["rogue_cert"]),
+                                                "key_file": str(client_pki["rogue_key"])}
+    client = Client(mtls_gateway.grpc_address, ca_file=str(pki["ca"]), **certs)
+    for call in (lambda: client.stub.ListJobs(pb.ListJobsRequest(), timeout=5),
+                 lambda: health_pb2_grpc.HealthStub(client.channel).Check(health_pb2.HealthCheckRequest(), timeout=5)):
+        with pytest.raises(grpc.RpcError) as err:
+            call()
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    client.close()
+    flags = ["--cert", certs["cert_file"], "--key", certs["key_file"]] if certs else []
+    run = _shoal_jobs(mtls_gateway.grpc_address, "--ca", str(pki["ca"]), *flags)
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1 and "--cert/--key" in run.stderr
+
+
+def test_client_certificate_needs_its_key(mtls_gateway, pki, client_pki):
+    run = _shoal_jobs(mtls_gateway.grpc_address, "--ca", str(pki["ca"]), "--cert", str(client_pki["cert"]))
+    assert run.returncode == 2 and run.stderr.strip() == "shoal: a client certificate needs both --cert and --key " \
+                                                         "(PEM files)"
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["--tls-client-ca", "clients.pem"], "needs TLS"),
+    (["--tls-cert", "{cert}", "--tls-key", "{key}", "--tls-client-ca", "missing-ca.pem"], "missing-ca.pem"),
+    (["--tls-cert", "{cert}", "--tls-key", "{key}", "--tls-client-ca", "{key}"], "no PEM certificate"),
+])
+def test_unusable_client_ca_stops_the_gateway(tmp_path, pki, args, words):
+    _assert_gateway_refuses(tmp_path, [a.format(cert=pki["cert"], key=pki["key"]) for a in args], words)

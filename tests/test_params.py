@@ -96,6 +96,13 @@ def test_unreadable_or_invalid_toml_is_a_param_error(tmp_path: Path):
     ({"use_bkg": "yes"}, "use_bkg"),
     ({"number_of_animals": "many"}, "number_of_animals"),
     ({"intensity_ths": [1]}, "intensity_ths"),
+    ({"exclusive_rois": True}, "exclusive_rois"),  # arenas come from the ROI
+    ({"exclusive_rois": True, "roi_list": ["+ Polygon [[0, 0], [9, 0], [9, 9]]"], "animals_per_roi": [3, 3]},
+     "animals_per_roi"),  # 6 animals, not number_of_animals
+    ({"exclusive_rois": True, "roi_list": ["+ Polygon [[0, 0], [9, 0], [9, 9]]"], "animals_per_roi": [0, 8]},
+     "animals_per_roi"),
+    ({"animals_per_roi": [4, 4]}, "animals_per_roi"),  # without exclusive_rois
+    ({"knowledge_transfer_folder": "/s", "track_wo_identities": True}, "knowledge_transfer_folder"),
 ])
 def test_bad_values_name_their_field(overrides, field):
     with pytest.raises(ParamError) as err:

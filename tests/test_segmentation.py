@@ -155,7 +155,7 @@ def test_body_length_uses_frames_with_exactly_n_animals():
     merged = frame_with([((100, 150), (60, 0.6), 0)])  # a 121 px blob (two animals end to end)
     table = segment_frames(np.stack([one_length, merged, merged]), 0, (0, 100), (1, math.inf))
     assert body_length(table, 2) == pytest.approx(60.0)
-    # No frame has 3 blobs: fall back to all blobs, median of 60, 60, 120, 120.
-    assert body_length(table, 3) == pytest.approx(90.0)
+    # No frame has 3 blobs: the frames with the most blobs (the fewest merged) stand in.
+    assert body_length(table, 3) == pytest.approx(60.0)
     with pytest.raises(ValueError, match="no blobs"):
         body_length(segment_frames(np.stack([merged]), 0, (0, 100), (10**6, math.inf)), 2)

@@ -187,3 +187,32 @@ def test_cli_writes_files_and_rejects_bad_input(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3 and all(line.startswith("shoal simulate:") for line in err)
     assert "Traceback" not in "".join(err)
+
+
+def test_arenas_keep_their_animals_apart_and_give_their_rois():
+    from services.segmenter.roi import roi_mask, roi_regions
+
+    config = SimulationConfig(n_animals=5, n_frames=150, preset="flies", seed=4, n_arenas=2)
+    assert (config.width, config.height) == (1000, 500) and config.arena_sizes() == [3, 2]
+    frames, truth = simulate(config)
+    assert truth.arena.tolist() == [0, 0, 0, 1, 1]
+    regions = roi_regions(roi_mask(config.arena_rois(), config.width, config.height))
+    assert regions.max() == 1  # two separate regions
+    xy = np.round(truth.positions).astype(int)
+    assert np.array_equal(regions[xy[..., 1], xy[..., 0]], np.broadcast_to(truth.arena, xy.shape[:2]))
+    pairs = truth.crossings[:, 2:]
+    assert len(pairs) and np.all(truth.arena[pairs[:, 0]] == truth.arena[pairs[:, 1]])
+    outside = regions < 0
+    assert frames[:, :, 499:501].max() < frames.mean() - 40  # a dark wall between the tanks...
+    outside[:, 499:501] = False
+    assert not (frames[:, outside] < frames.mean() - 40).any()  # ...and no body outside its arena's ROI
+
+
+def test_marking_seed_films_the_same_individuals_moving_differently():
+    a = Simulation(SimulationConfig(n_animals=4, n_frames=1, seed=1, marking_seed=9))
+    b = Simulation(SimulationConfig(n_animals=4, n_frames=1, seed=2, marking_seed=9))
+    c = Simulation(SimulationConfig(n_animals=4, n_frames=1, seed=1))
+    for x, y in zip(a.animals, b.animals, strict=True):
+        assert x.length == y.length and np.array_equal(x.mark_u, y.mark_u) and np.array_equal(x.mark_v, y.mark_v)
+    assert not np.array_equal(a.animals[0].mark_u, c.animals[0].mark_u)
+    assert not np.allclose(a.motions[0].pos, b.motions[0].pos)

@@ -27,7 +27,12 @@ MIN_EXAMPLES_PER_CLASS = 10
 
 @dataclass
 class AreaModel:
-    """Areas of single animals: blobs in frames that hold exactly N blobs (all blobs if none)."""
+    """Areas of single animals: blobs in frames that hold exactly N blobs.
+
+    A video may have no such frame (some animals always touch, or one is often hidden): then the
+    frames with the most blobs, the fewest merges, stand in, with a robust spread (1.4826 × the
+    median absolute deviation) so that the crossings still among them do not inflate it.
+    """
 
     median: float
     std: float
@@ -46,12 +51,15 @@ def blobs_per_frame_of_blob(table: BlobTable) -> np.ndarray:
 
 
 def area_model(table: BlobTable, n_animals: int) -> AreaModel:
-    areas = table.area[blobs_per_frame_of_blob(table) == n_animals]
-    if len(areas) == 0:
-        areas = table.area
-    if len(areas) == 0:
+    if len(table) == 0:
         return AreaModel(0.0, 0.0)
-    return AreaModel(float(np.median(areas)), float(np.std(areas)))
+    per_frame = blobs_per_frame_of_blob(table)
+    areas = table.area[per_frame == n_animals]
+    if len(areas):
+        return AreaModel(float(np.median(areas)), float(np.std(areas)))
+    areas = table.area[per_frame == per_frame[per_frame <= n_animals].max(initial=per_frame.min())]
+    median = float(np.median(areas))
+    return AreaModel(median, 1.4826 * float(np.median(np.abs(areas - median))))
 
 
 def area_rule(table: BlobTable, n_animals: int) -> np.ndarray:

@@ -8,11 +8,13 @@ looks like a dead worker to the gateway.
 
 from __future__ import annotations
 
+import logging
 import queue
 import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,13 +26,16 @@ from shoal import __version__
 from shoal.blobs import BlobTable, concat
 from shoal.codec import Message, pack, unpack
 from shoal.config import parse_config, setup_logging
+from shoal.knowledge import MODEL_FILE, read_model
 from shoal.learning import CrossingReply, CrossingRequest, IdentityReply, IdentityRequest, Progress
-from shoal.params import TrackingParams
+from shoal.params import ParamError, TrackingParams
 from shoal.transport import DATA_HWM, ControlChannel, bind, make_socket, recv, send
 
 from .outputs import warn_inconsistent_frames, write_session
 from .overlap import overlap_links
+from .regions import RegionError, animals_per_region, track_regions
 from .track import track
+from .videos import write_job_videos
 
 CHUNKS = Counter("shoal_chunks_assembled_total", "Chunks of geometry received, by outcome", ["outcome"])
 STAGE_SECONDS = Histogram("shoal_stage_duration_seconds", "Duration of each assembler stage of a job", ["stage"],
@@ -46,7 +51,7 @@ for _outcome in ("new", "duplicate"):
 STAGES = {"Crossing detection": "crossings", "crossing detector": "crossings", "Fragmentation": "fragments",
           "Tracking": "identities", "Fragment identification": "assign", "Identification": "assign",
           "Impossible jumps correction": "assign", "Trajectories creation": "postprocess",
-          "Crossings solver": "postprocess", "write": "write"}
+          "Crossings solver": "postprocess", "write": "write", "video": "video"}
 
 
 class JobError(Exception):
@@ -61,12 +66,26 @@ class AssemblerConfig:
 
 
 class RemoteIdentifier:
-    """:class:`shoal.learning.IdentifierClient` over ZeroMQ (DEALER to the identifier's ROUTER)."""
+    """:class:`shoal.learning.IdentifierClient` over ZeroMQ (DEALER to the identifier's ROUTER).
 
-    def __init__(self, ctx: zmq.Context, endpoint: str, job: str, n_chunks: int, cancelled: threading.Event):
-        self.sock = make_socket(ctx, zmq.DEALER)
-        self.sock.connect(endpoint)
+    ``endpoint`` is asked again while a call waits: when the gateway moves the job to a new
+    identifier (the old one was lost), the request is sent again there; the new identifier reads the
+    job's images from the data volume.
+    """
+
+    def __init__(self, ctx: zmq.Context, endpoint: Callable[[], str], job: str, n_chunks: int,
+                 cancelled: threading.Event):
+        self.ctx, self.endpoint = ctx, endpoint
         self.job, self.n_chunks, self.cancelled = job, n_chunks, cancelled
+        self.sock: zmq.Socket | None = None
+        self._connect()
+
+    def _connect(self) -> None:
+        if self.sock is not None:
+            self.sock.close(linger=0)
+        self.connected = self.endpoint()
+        self.sock = make_socket(self.ctx, zmq.DEALER)
+        self.sock.connect(self.connected)
 
     def _call(self, msg: Message, progress: Progress | None) -> Message:
         msg.body.update(job=self.job, n_chunks=self.n_chunks)
@@ -74,6 +93,12 @@ class RemoteIdentifier:
         while True:
             if self.cancelled.is_set():
                 raise JobError("cancelled")
+            if self.endpoint() != self.connected:
+                logging.getLogger("shoal.assembler").warning(
+                    "job %s: identifier replaced by %s; sending %s again", self.job, self.endpoint(), msg.type)
+                self._connect()
+                send(self.sock, msg)
+                continue
             if not self.sock.poll(500, zmq.POLLIN):
                 continue
             _, reply = recv(self.sock)
@@ -193,6 +218,14 @@ def assemble(ctx: zmq.Context, job: str, state: JobState, progress: Progress) ->
     n_frames = video["n_frames"]
     blobs_per_frame = np.bincount(table.frame, minlength=n_frames)
     n_animals = params.number_of_animals or int(blobs_per_frame.max())
+    region_counts: list[int] | None = None
+    if params.exclusive_rois:
+        try:
+            region_counts = animals_per_region(table, n_frames, int(probe.get("n_regions", 1)),
+                                               params.number_of_animals, params.animals_per_roi)
+        except RegionError as exc:
+            raise JobError(str(exc)) from None
+        n_animals = sum(region_counts)
     warnings: list[str] = []
     inconsistent = np.flatnonzero(blobs_per_frame > n_animals)
     out_dir = Path(spec["output_dir"])
@@ -204,11 +237,18 @@ def assemble(ctx: zmq.Context, job: str, state: JobState, progress: Progress) ->
                            f"(listed in {out_dir / 'inconsistent_frames.csv'})")
     stitch_seconds = time.perf_counter() - t0
     STAGE_SECONDS.labels("stitch").observe(stitch_seconds)
-    identifier = RemoteIdentifier(ctx, spec["identifier"], job, state.n_chunks, state.cancelled)
     try:
-        result = track(table, links, n_frames, n_animals, identifier,
-                       identities=not params.track_wo_identities, method=params.method, seed=params.seed,
-                       progress=progress)
+        knowledge = read_model(params.knowledge_transfer_folder) if params.knowledge_transfer_folder else None
+    except ParamError as exc:
+        raise JobError(str(exc)) from None
+    identifier = RemoteIdentifier(ctx, lambda: state.spec["identifier"], job, state.n_chunks, state.cancelled)
+    try:
+        how = dict(identities=not params.track_wo_identities, method=params.method, seed=params.seed,
+                   progress=progress)
+        if region_counts is not None:
+            result = track_regions(table, links, n_frames, region_counts, identifier, **how)
+        else:
+            result = track(table, links, n_frames, n_animals, identifier, knowledge=knowledge, **how)
     finally:
         identifier.close()
     for stage, seconds in result.timings.items():
@@ -227,19 +267,40 @@ def assemble(ctx: zmq.Context, job: str, state: JobState, progress: Progress) ->
         "number_of_animals": n_animals, "timers": {"stitch": stitch_seconds, **result.timings},
         "statistics": statistics, "warnings": warnings, "notes": result.notes,
     }
+    groups = {}
+    if region_counts is not None:  # identities are 1-based in files, numbered region by region
+        first = np.concatenate([[0], np.cumsum(region_counts)]).astype(int)
+        groups = {f"region_{r}": list(range(first[r] + 1, first[r + 1] + 1)) for r in range(len(region_counts))}
+        session["regions"] = {"animals_per_region": region_counts, "identities": groups}
+    if len(result.identity_model):  # what a later session's knowledge transfer starts from
+        model_path = out_dir / MODEL_FILE
+        model_path.with_suffix(".tmp").write_bytes(result.identity_model.tobytes())
+        model_path.with_suffix(".tmp").replace(model_path)
+    if knowledge is not None:
+        session["knowledge_transfer"] = {"from": params.knowledge_transfer_folder,
+                                         "matching_score": _finite_or_none(result.transfer_score)}
     write_session(out_dir, {
         "trajectories": result.trajectories, "id_probabilities": result.id_probabilities,
         "areas": _area_statistics(result.areas), "frames_per_second": video["fps"], "body_length": probe["body_length"],
         "estimated_accuracy": result.estimated_accuracy, "silhouette_score": result.silhouette,
         "setup_points": params.setup_points, "identities_labels": params.identities_labels,
+        "identities_groups": groups,
         "width": video["width"], "height": video["height"], "video_paths": video["paths"], "session": session,
     }, formats=tuple(params.trajectories_formats))
     progress("write", 1.0, {})
+    warnings += write_job_videos(out_dir, params, result.trajectories, probe["body_length"], video["paths"],
+                                 progress, state.cancelled)
     figures = {"blobs": len(table), "fragments": result.n_fragments, "animals": n_animals,
                "global_fragments": result.n_global_fragments}
     if result.estimated_accuracy is not None and np.isfinite(result.estimated_accuracy):
         figures["estimated_accuracy"] = result.estimated_accuracy
+    if np.isfinite(result.transfer_score):
+        figures["transfer_score"] = result.transfer_score
     return figures, warnings
+
+
+def _finite_or_none(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
 
 
 def _area_statistics(areas: np.ndarray) -> dict[str, np.ndarray]:

@@ -285,6 +285,20 @@ def write_session(
     return written
 
 
+def update_session_json(out_dir: Path, updates: dict[str, Any], warnings: list[str] | tuple = ()) -> dict:
+    """Merge `updates` into an existing session.json and append `warnings` to its list, atomically.
+
+    For what is known only after the trajectories were written (e.g. the job's videos): the
+    session folder is complete before that step starts, so its failure cannot lose the tracking.
+    Returns the new content.
+    """
+    path = Path(out_dir) / "session.json"
+    session = {**json.loads(path.read_text()), **updates}
+    session["warnings"] = [*session.get("warnings", []), *warnings]
+    _write_json(path, session)
+    return session
+
+
 def warn_inconsistent_frames(out_dir: Path, frames: np.ndarray) -> Path | None:
     """List the frames holding more blobs than animals in `inconsistent_frames.csv`.
 

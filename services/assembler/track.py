@@ -48,6 +48,8 @@ class TrackResult:
     warnings: list[str] = field(default_factory=list)  # what the user should look at
     notes: list[str] = field(default_factory=list)  # how the run went
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    identity_model: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint8))  # shoal.knowledge bytes
+    transfer_score: float = float("nan")  # knowledge transfer's matching score
 
 
 def track(
@@ -62,13 +64,15 @@ def track(
     seed: int = 0,
     progress: Progress | None = None,
     first_frame: int = 0,
+    knowledge: np.ndarray | None = None,
 ) -> TrackResult:
     """Track the blobs of frames ``[first_frame, first_frame + n_frames)`` of one video.
 
     ``links`` are the overlap-graph links (table rows, see :mod:`services.assembler.overlap`). Image
     ids sent to the identifier are table rows. ``identifier`` may be None when ``identities`` is
     False or there is one animal. With ``identities=False`` and ``n_animals <= 0`` the number of
-    slots is the most blobs seen in a frame.
+    slots is the most blobs seen in a frame. ``knowledge``: an earlier session's identity model
+    (:mod:`shoal.knowledge` bytes) that identity learning starts from and names identities after.
     """
     warnings: list[str] = []
     notes: list[str] = []
@@ -109,6 +113,7 @@ def track(
     assignment = Assignment(identity=np.full(k, -1, np.int64), p2=np.zeros((k, n_animals)))
     silhouette, ratio_accumulated = float("nan"), float("nan")
     corrected: list[int] = []
+    reply = IdentityReply(probabilities=np.zeros((0, n_animals)), method=method)
 
     if not identities:
         route = "no identities"
@@ -124,7 +129,8 @@ def track(
     else:
         with stage("Tracking"):
             reply, route, p1 = _learn_identities(
-                fragments, global_fragments, n_animals, identifier, method, seed, progress, warnings, notes
+                fragments, global_fragments, n_animals, identifier, method, seed, progress, warnings, notes,
+                knowledge,
             )
             silhouette, ratio_accumulated = reply.silhouette, reply.ratio_accumulated
         with stage("Fragment identification"):
@@ -181,6 +187,8 @@ def track(
         warnings=warnings,
         notes=notes,
         timings=timings,
+        identity_model=np.asarray(reply.model, np.uint8),
+        transfer_score=float(reply.transfer_score),
     )
 
 
@@ -227,9 +235,12 @@ def _learn_identities(
     progress: Progress | None,
     warnings: list[str],
     notes: list[str],
+    knowledge: np.ndarray | None = None,
 ) -> tuple[IdentityReply, str, np.ndarray]:
     """Ask the identifier for per-image probabilities; return (reply, route, P1 [k, N])."""
     request, order = identity_request(fragments, global_fragments, n_animals, method, seed)
+    if knowledge is not None:
+        request.knowledge = np.asarray(knowledge, np.uint8)
     p1 = np.full((len(fragments), n_animals), 1.0 / n_animals)
     if len(order) == 0:
         warnings.append("no animal was ever seen alone: no identities")

@@ -1,5 +1,6 @@
-"""Transport security for the gateway: TLS credentials from files, and a bearer token that a server
-interceptor checks on every call before any handler runs.
+"""Transport security for the gateway: TLS credentials from files (optionally requiring client
+certificates: mutual TLS), and a bearer token that a server interceptor checks on every call before
+any handler runs.
 
 Health checks stay open (``grpc.health.v1.Health``): load balancers and Kubernetes probes carry no
 token, and a health status reveals nothing about jobs. Everything else, reflection included,
@@ -42,17 +43,27 @@ def read_token(token: str, token_file: str) -> str:
     return token
 
 
-def server_credentials(cert_file: str, key_file: str) -> grpc.ServerCredentials | None:
-    """TLS credentials from PEM files, or None (plaintext) when neither is set."""
+def server_credentials(cert_file: str, key_file: str, client_ca_file: str = "") -> grpc.ServerCredentials | None:
+    """TLS credentials from PEM files, or None (plaintext) when neither is set.
+
+    With ``client_ca_file`` (mutual TLS) the handshake itself refuses clients without a certificate
+    signed by that CA, so a stolen token alone is not enough and no handler ever sees such a client.
+    """
     if not cert_file and not key_file:
+        if client_ca_file:
+            raise ConfigError("tls_client_ca needs TLS: set tls_cert and tls_key too")
         return None
     if not (cert_file and key_file):
         raise ConfigError("TLS needs both tls_cert and tls_key (PEM files)")
     try:
         cert, key = Path(cert_file).read_bytes(), Path(key_file).read_bytes()
+        client_ca = Path(client_ca_file).read_bytes() if client_ca_file else None
     except OSError as exc:
         raise ConfigError(f"cannot read {exc.filename}: {exc.strerror}") from None
-    return grpc.ssl_server_credentials([(key, cert)])
+    if client_ca is not None and b"-----BEGIN CERTIFICATE-----" not in client_ca:
+        raise ConfigError(f"tls_client_ca {client_ca_file} holds no PEM certificate")
+    return grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca,
+                                       require_client_auth=client_ca is not None)
 
 
 class TokenAuth(grpc.ServerInterceptor):

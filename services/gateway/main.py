@@ -45,6 +45,9 @@ class GatewayConfig:
     tls_cert: str = field(default="", metadata={"help": "PEM certificate (chain) for TLS on the gRPC port, with "
                                                         "--tls-key; empty = plaintext"})
     tls_key: str = field(default="", metadata={"help": "PEM private key of --tls-cert"})
+    tls_client_ca: str = field(default="", metadata={"help": "PEM CA file: with it, clients must present a "
+                                                             "certificate signed by this CA (mutual TLS; needs "
+                                                             "--tls-cert); empty = any client may connect"})
     auth_token: str = field(default="", metadata={"help": "bearer token every call except health checks must carry "
                                                           "(empty = no token); prefer the environment variable or "
                                                           "--auth-token-file, since ps shows flags", "secret": True})
@@ -56,6 +59,10 @@ class GatewayConfig:
                                                                 "this long while calls are still served"})
     grpc_threads: int = field(default=64, metadata={"help": "threads serving calls; WatchJob streams may hold at "
                                                             "most three quarters of them"})
+    repin_grace_s: float = field(default=60.0, metadata={
+        "help": "how long a running job whose identifier or assembler was lost waits for a replacement to "
+                "register (it then continues from the chunks on the data volume) before restarting from the "
+                "probe; 0 = restart at once"})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fail("max_upload_mb and drain_seconds must be >= 0 and grpc_threads >= 2")
     try:
         token = read_token(cfg.auth_token, cfg.auth_token_file)
-        credentials = server_credentials(cfg.tls_cert, cfg.tls_key)
+        credentials = server_credentials(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
     except ConfigError as exc:
         return _fail(str(exc))
     work_dir = Path(cfg.work_dir) if cfg.work_dir else data_root / ".shoal"
@@ -79,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError:
         return _fail(f"another gateway is using {work_dir}; two would run the same jobs twice")
     store = JobStore(work_dir / "jobs.sqlite")
-    scheduler = Scheduler(store, cfg.control, work_dir)
+    scheduler = Scheduler(store, cfg.control, work_dir, repin_grace_s=cfg.repin_grace_s)
     scheduler.start()
     metrics.watch(scheduler, store)
 
@@ -109,10 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     metrics_port = _start_metrics(cfg.metrics_port)
+    tls = "mutual" if cfg.tls_client_ca else "on" if credentials else "off"
     print(f"READY grpc={host}:{port} control={scheduler.endpoint} metrics={metrics_port} "
-          f"tls={'on' if credentials else 'off'} auth={'token' if token else 'off'}", flush=True)
+          f"tls={tls} auth={'token' if token else 'off'}", flush=True)
     log.info("serving gRPC on %s:%d (TLS %s, token %s), control %s, metrics :%s", host, port,
-             "on" if credentials else "off", "on" if token else "off", scheduler.endpoint, metrics_port)
+             tls, "on" if token else "off", scheduler.endpoint, metrics_port)
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

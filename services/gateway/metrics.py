@@ -29,6 +29,11 @@ WORKERS = Gauge("shoal_workers", "Workers registered with the gateway", ["role"]
 HEARTBEATS_LOST = Counter("shoal_worker_heartbeats_lost_total", "Workers declared dead after missed heartbeats",
                           ["role"])
 TASKS_REISSUED = Counter("shoal_tasks_reissued_total", "Tasks handed to another worker after a worker was lost")
+JOBS_REPINNED = Counter("shoal_jobs_repinned_total", "Running jobs moved to a replacement identifier or assembler",
+                        ["role"])
+CHUNKS_RESEGMENTED = Counter("shoal_chunks_resegmented_total",
+                             "Chunks segmented again after a job's identifier or assembler was replaced, because "
+                             "the store on the data volume did not hold them")
 JOBS_STARTED = Counter("shoal_jobs_started_total", "Jobs that started running")
 JOBS_ENDED = Counter("shoal_jobs_ended_total", "Jobs that ended, by final state", ["state"])
 JOB_SECONDS = Histogram("shoal_job_duration_seconds", "Wall time of successful jobs",
@@ -40,6 +45,8 @@ JOB_PROGRESS = Gauge("shoal_job_progress_ratio", "Fraction done of each stage of
 for _role in ROLES:
     WORKERS.labels(_role)
     HEARTBEATS_LOST.labels(_role)
+for _role in ("identifier", "assembler"):
+    JOBS_REPINNED.labels(_role)
 for _state in FINAL_STATES:
     JOBS_ENDED.labels(_state)
 

@@ -7,6 +7,12 @@ identifier and one assembler. A task stays assigned until its worker reports it 
 a worker that misses :data:`~shoal.transport.LIVENESS` heartbeats are re-issued with a higher
 ``attempt`` and receivers drop duplicates, so a lost worker costs time, never data.
 
+Before a job's chunks are dispatched, its identifier gets ``resume``: it answers with the chunks its
+store on the data volume already holds (replaying their geometry to the assembler), and only the
+other chunks are segmented. A job whose identifier or assembler is lost pauses for up to
+``repin_grace_s`` until a worker of that role (re)registers, then is re-pinned to it and resumed the
+same way. Without a replacement in time, the job restarts from the probe.
+
 Job flow: ``probe`` task (background, body length, crop size) -> one ``segment`` task per chunk
 (segmenter -> identifier -> assembler) -> the assembler tracks and writes the session folder and
 says ``job_done``.
@@ -46,6 +52,19 @@ STAGE_WEIGHTS = {
     "postprocess": 0.03,
     "write": 0.04,
 }
+#: weight of the `video` stage (after `write`) per kind of video a job renders; a guess, since
+#: rendering runs on one assembler thread while segmentation is spread over the segmenters
+VIDEO_WEIGHT = 0.08
+
+
+def stage_weights(params: dict[str, Any]) -> dict[str, float]:
+    """STAGE_WEIGHTS, plus a `video` stage when the job renders videos (the others scaled to make room)."""
+    kinds = sum(bool(params.get(key)) for key in ("output_video", "output_individual_videos"))
+    if not kinds:
+        return STAGE_WEIGHTS
+    video = VIDEO_WEIGHT * kinds
+    return {**{stage: weight * (1 - video) for stage, weight in STAGE_WEIGHTS.items()}, "video": video}
+
 MAX_ATTEMPTS = 3
 
 
@@ -65,6 +84,7 @@ class Task:
     index: int  # -1 = probe, else chunk index
     body: dict[str, Any]
     attempt: int = 0
+    released: int = 0  # attempts handed back untouched (a stopping segmenter): they do not count as failures
     worker: bytes | None = None
     done: bool = False
     last_error: str = ""
@@ -84,12 +104,25 @@ class JobRun:
     started: float
     tasks: dict[int, Task] = field(default_factory=dict)
     stages: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: role -> when its pinned worker was lost; the job is paused until a replacement is pinned
+    missing: dict[str, float] = field(default_factory=dict)
+    #: a `resume` was sent and its `resume_ack` has not come: the job stays paused
+    resuming: bool = False
+    #: the roles replaced since the last `resume_ack`
+    replaced: list[str] = field(default_factory=list)
+
+    @property
+    def paused(self) -> bool:
+        return bool(self.missing or self.resuming)
+
+    def chunk_tasks(self) -> list[Task]:
+        return [self.tasks[i] for i in sorted(self.tasks) if i >= 0]
 
 
 class Scheduler(threading.Thread):
-    def __init__(self, store: JobStore, control_endpoint: str, work_dir: Path):
+    def __init__(self, store: JobStore, control_endpoint: str, work_dir: Path, repin_grace_s: float = 60.0):
         super().__init__(name="scheduler", daemon=True)
-        self.store, self.work_dir = store, work_dir
+        self.store, self.work_dir, self.repin_grace_s = store, work_dir, repin_grace_s
         self.ctx = zmq.Context.instance()
         self.sock = make_socket(self.ctx, zmq.ROUTER)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -136,6 +169,7 @@ class Scheduler(threading.Thread):
                     self._handle(wid, msg)
             self._commands()
             self._heartbeats()
+            self._repin()
             self._start_queued()
             self._dispatch()
         self.sock.close(linger=200)
@@ -185,6 +219,8 @@ class Scheduler(threading.Thread):
             self._job_done(body)
         elif msg.type == "job_failed":
             self._end(body["job"], FAILED, body.get("error", "failed"))
+        elif msg.type == "resume_ack":
+            self._resume_ack(worker, body)
 
     # -- workers -------------------------------------------------------------------------------
 
@@ -214,8 +250,118 @@ class Scheduler(threading.Thread):
                 self.pending.appendleft(task)
                 metrics.TASKS_REISSUED.inc()
         for run in list(self.runs.values()):
-            if w.wid in (run.identifier, run.assembler):
-                self._restart(run, f"{w.role} {w.wid.decode()} was lost ({why})")
+            for role, wid in (("identifier", run.identifier), ("assembler", run.assembler)):
+                if wid == w.wid and role not in run.missing:
+                    self._pinned_lost(run, role, f"its {role} {w.wid.decode()} was lost ({why})")
+
+    def _pinned_lost(self, run: JobRun, role: str, why: str) -> None:
+        """Pause the job until a worker of ``role`` can take over (see :meth:`_repin`)."""
+        if self.repin_grace_s <= 0:
+            self._restart(run, why)
+            return
+        run.missing[role] = time.monotonic()
+        if role == "identifier":  # batches of chunks in flight go to the dead identifier: take them back
+            self._recall(run, chunks_only=True)
+        log.warning("job %s paused: %s; waiting up to %.0f s for a replacement", run.record.job_id, why,
+                    self.repin_grace_s)
+
+    def _recall(self, run: JobRun, chunks_only: bool = False) -> None:
+        """Take back the job's tasks from the segmenters that hold them (``cancel_task``)."""
+        for task in run.tasks.values():
+            if task.worker is None or task.done or (chunks_only and task.index < 0):
+                continue
+            worker = self.workers.get(task.worker)
+            if worker is not None:
+                worker.tasks.discard(task.key)
+                self._send(worker.wid, Message("cancel_task", {"job": task.job_id, "task": task.index,
+                                                               "attempt": task.attempt}))
+            task.worker = None
+            if not any(t is task for t in self.pending):
+                self.pending.appendleft(task)
+
+    def _repin(self) -> None:
+        """Re-pin paused jobs to replacement workers, or restart those that waited too long."""
+        now = time.monotonic()
+        for run in list(self.runs.values()):
+            if not run.missing:
+                continue
+            found = {}
+            for role in run.missing:
+                worker = self._pick("identifier") if role == "identifier" else self._free_assembler()
+                if worker is not None:
+                    found[role] = worker
+            if len(found) == len(run.missing):
+                self._resume(run, found)
+            elif now - min(run.missing.values()) > self.repin_grace_s:
+                lacking = " or ".join(sorted(set(run.missing) - set(found)))
+                self._restart(run, f"no {lacking} registered within {self.repin_grace_s:.0f} s of losing the "
+                                   f"job's {lacking}")
+
+    def _free_assembler(self) -> Worker | None:
+        busy = {r.assembler for r in self.runs.values() if "assembler" not in r.missing}
+        return next((w for w in self.workers.values() if w.role == "assembler" and w.wid not in busy), None)
+
+    def _resume(self, run: JobRun, found: dict[str, Worker]) -> None:
+        """Pin ``run`` to its replacement workers. Once chunks are planned, the assembler gets the job
+        spec again and the identifier ``resume``; the job stays paused until its ``resume_ack``."""
+        job_id = run.record.job_id
+        for role, worker in found.items():
+            setattr(run, role, worker.wid)
+            log.info("job %s: %s %s takes over", job_id, role, worker.wid.decode())
+            metrics.JOBS_REPINNED.labels(role).inc()
+        run.replaced = sorted({*run.replaced, *found})
+        run.missing.clear()
+        if run.chunk_tasks():  # else the probe is not done, and `_probe_done` will use the new workers
+            self._attach(run)
+
+    def _attach(self, run: JobRun, discard: bool = False) -> None:
+        """Give the assembler the job spec and the identifier ``resume``; the job's chunks wait for
+        the ``resume_ack``. ``discard``: the probe was computed afresh, so stored chunks of an earlier
+        run may not match and the identifier drops them."""
+        self._send_assemble(run)
+        run.resuming = True
+        self._send(run.identifier, Message("resume", {
+            "job": run.record.job_id, "n_chunks": len(run.record.plan["chunks"]),
+            "assembler": self.workers[run.assembler].info["geometry"], "discard": discard}))
+
+    def _resume_ack(self, worker: Worker, body: dict) -> None:
+        """The identifier says which chunks its store holds: the others are segmented again, except,
+        when the identifier itself was kept, those on their way to it (done or still on a segmenter)."""
+        run = self.runs.get(body.get("job"))
+        if run is None or not run.resuming or run.missing or worker.wid != run.identifier:
+            return
+        held = set(body.get("chunks", []))
+        same_identifier = "identifier" not in run.replaced
+        tasks = run.chunk_tasks()
+        self.pending = deque(t for t in self.pending if t.job_id != run.record.job_id or t.index < 0)
+        again, coming = [], []
+        for task in tasks:
+            if task.index in held:
+                task.done = True
+            elif task.worker is not None or (task.done and same_identifier):
+                coming.append(task.index)
+            else:
+                task.done = False
+                again.append(task)
+        self.pending.extendleft(reversed(again))
+        if run.replaced:
+            metrics.CHUNKS_RESEGMENTED.inc(len(again))
+        if again:
+            self._segment_progress(run)
+        replaced = " and ".join(run.replaced)
+        run.resuming, run.replaced = False, []
+        rec = self.store.get(run.record.job_id)
+        if replaced:
+            log.info("job %s resumed after its %s was replaced: %d of %d chunks kept from the data volume; "
+                     "segmenting again: %s; on their way to it: %s", rec.job_id, replaced, len(held), len(tasks),
+                     [t.index for t in again], coming)
+            warning = (f"the job's {replaced} was lost and replaced; {len(held)} of {len(tasks)} chunks were kept "
+                       f"from the data volume and {len(again)} segmented again")
+        else:
+            log.info("job %s: %d of %d chunks already on the data volume", rec.job_id, len(held), len(tasks))
+            warning = f"{len(held)} of {len(tasks)} chunks were kept from an earlier run" if held else ""
+        if warning:
+            self.store.update(rec.job_id, warnings=_add(rec.warnings, warning))
 
     def _send(self, wid: bytes, msg: Message) -> bool:
         try:
@@ -239,14 +385,11 @@ class Scheduler(threading.Thread):
         return min(candidates, key=lambda w: (load[w.wid], w.wid))
 
     def _start_queued(self) -> None:
-        busy_assemblers = {r.assembler for r in self.runs.values()}
         for rec in self.store.list(state=QUEUED, limit=16):
             identifier = self._pick("identifier")
-            assembler = next((w for w in self.workers.values()
-                              if w.role == "assembler" and w.wid not in busy_assemblers), None)
+            assembler = self._free_assembler()
             if identifier is None or assembler is None:
                 return
-            busy_assemblers.add(assembler.wid)
             self._start(rec, identifier, assembler)
 
     def _start(self, rec: JobRecord, identifier: Worker, assembler: Worker) -> None:
@@ -273,7 +416,7 @@ class Scheduler(threading.Thread):
                  "; probe kept from an earlier run" if probe else "")
         metrics.JOBS_STARTED.inc()
         if probe is not None:
-            self._probe_done(run, probe)
+            self._probe_done(run, probe, fresh=False)
             return
         task = Task(rec.job_id, -1, {"kind": "probe", "params": params, "video": plan["video"],
                                      "job_dir": str(job_dir)})
@@ -283,10 +426,12 @@ class Scheduler(threading.Thread):
     def _restart(self, run: JobRun, why: str) -> None:
         rec = self.store.get(run.record.job_id)
         self._drop(run)
+        log.warning("job %s queued again to restart from the probe: %s", rec.job_id, why)
         self.store.update(rec.job_id, state=QUEUED, stage="", fraction=0.0, stages={},
                           warnings=_add(rec.warnings, f"{why}; job restarted"))
 
     def _drop(self, run: JobRun) -> None:
+        self._recall(run)  # a segmenter may wait for a dead identifier with the job's batch
         self.runs.pop(run.record.job_id, None)
         self.pending = deque(t for t in self.pending if t.job_id != run.record.job_id)
         for w in self.workers.values():
@@ -314,33 +459,42 @@ class Scheduler(threading.Thread):
                 return
             worker = min(ready, key=lambda w: (len(w.tasks), w.wid))
             task = self._next_task()
+            if task is None:
+                return
             if task.done or task.job_id not in self.runs:
                 continue
             task.attempt += 1
-            if task.attempt > MAX_ATTEMPTS:
+            if task.attempt - task.released > MAX_ATTEMPTS:
                 what = "the probe" if task.index < 0 else f"chunk {task.index}"
                 self._end(task.job_id, FAILED, f"{what} failed {MAX_ATTEMPTS} times; last error: "
                                                f"{task.last_error or 'its worker was lost'}")
                 continue
             task.worker = worker.wid
             body = {**task.body, "job": task.job_id, "task": task.index, "attempt": task.attempt}
+            if task.index >= 0:  # the job's identifier now, which may differ from when the task was made
+                body["identifier"] = self.workers[self.runs[task.job_id].identifier].info["batches"]
             if self._send(worker.wid, Message("task", body)):
                 worker.credit -= 1
                 worker.tasks.add(task.key)
             else:
+                task.worker = None
                 self.pending.appendleft(task)
                 self._worker_lost(worker, "unreachable")
 
-    def _next_task(self) -> Task:
+    def _next_task(self) -> Task | None:
         """The first pending task of the job with the fewest tasks on segmenters, so that a long job
-        cannot hold every segmenter while a short one waits (ties: the older task)."""
+        cannot hold every segmenter while a short one waits (ties: the older task). Paused jobs wait."""
         in_flight: dict[str, int] = {}
         for w in self.workers.values():
             for job_id, _ in w.tasks:
                 in_flight[job_id] = in_flight.get(job_id, 0) + 1
         first: dict[str, int] = {}
         for i, task in enumerate(self.pending):
-            first.setdefault(task.job_id, i)
+            run = self.runs.get(task.job_id)
+            if run is None or not run.paused:
+                first.setdefault(task.job_id, i)
+        if not first:
+            return None
         i = min(first.values(), key=lambda i: (in_flight.get(self.pending[i].job_id, 0), i))
         task = self.pending[i]
         del self.pending[i]
@@ -350,8 +504,8 @@ class Scheduler(threading.Thread):
         run = self.runs.get(body.get("job"))
         task = run.tasks.get(body.get("task")) if run else None
         worker.tasks.discard((body.get("job"), body.get("task")))
-        if task is None or task.done or task.attempt != body.get("attempt"):
-            return None  # a duplicate or a late answer to a re-issued task
+        if task is None or task.done or task.attempt != body.get("attempt") or task.worker != worker.wid:
+            return None  # a duplicate, or a late answer to a task re-issued or taken back
         return task
 
     def _task_done(self, worker: Worker, body: dict) -> None:
@@ -359,52 +513,57 @@ class Scheduler(threading.Thread):
         if task is None:
             return
         task.done = True
+        task.worker = None
         run = self.runs[task.job_id]
         if task.index == -1:
             self._probe_done(run, body["result"])
         else:
-            n_chunks = len(run.record.plan["chunks"])
-            done = sum(1 for t in run.tasks.values() if t.index >= 0 and t.done)
-            frames = body.get("result", {}).get("frames", 0)
-            figures = {"frames": run.stages.get("segment", {}).get("figures_frames", 0) + frames}
-            run.stages.setdefault("segment", {})["figures_frames"] = figures["frames"]
-            self._progress(task.job_id, "segment", done, n_chunks, figures)
+            self._segment_progress(run)
+
+    def _segment_progress(self, run: JobRun) -> None:
+        """Chunks done and their frames (counted from the tasks: a chunk segmented twice counts once)."""
+        tasks = run.chunk_tasks()
+        done = [t for t in tasks if t.done]
+        frames = sum(t.body["stop"] - t.body["start"] for t in done)
+        self._progress(run.record.job_id, "segment", len(done), len(tasks), {"frames": frames})
 
     def _task_failed(self, worker: Worker, body: dict) -> None:
         task = self._task_for(worker, body)
         if task is None:
             return
+        task.worker = None
         if body.get("fatal"):
             self._end(task.job_id, FAILED, body.get("error", "task failed"))
+        elif body.get("released"):  # given back untouched: first in line, and not a failure
+            task.released += 1
+            self.pending.appendleft(task)
         else:
-            task.worker = None
             task.last_error = body.get("error", "")
             self.pending.append(task)
 
-    def _probe_done(self, run: JobRun, probe: dict) -> None:
+    def _probe_done(self, run: JobRun, probe: dict, fresh: bool = True) -> None:
         rec = run.record
         plan = {**rec.plan, "probe": probe}
         warnings = _add(self.store.get(rec.job_id).warnings, *probe.get("warnings", []))
         self.store.update(rec.job_id, plan=plan, warnings=warnings)
         self._progress(rec.job_id, "probe", 1, 1, {"body_length": probe["body_length"]})
-        identifier = self.workers.get(run.identifier)
-        assembler = self.workers.get(run.assembler)
-        if identifier is None or assembler is None:
-            self._restart(run, "a pinned worker left before the job started")
-            return
         chunks = plan["chunks"]
-        self._send(run.assembler, Message("assemble", {
-            "job": rec.job_id, "params": rec.params, "plan": plan, "output_dir": rec.output_dir,
-            "identifier": identifier.info["requests"],
-        }))
-        for i, (start, stop) in enumerate(chunks):
+        for i, (start, stop) in enumerate(chunks):  # endpoints are added at dispatch
             task = Task(rec.job_id, i, {
                 "kind": "segment", "start": start, "stop": stop, "n_chunks": len(chunks),
                 "params": rec.params, "video": plan["video"], "probe": probe,
-                "identifier": identifier.info["batches"], "assembler": assembler.info["geometry"],
             })
             run.tasks[i] = task
             self.pending.append(task)
+        if not run.missing:  # else `_resume` does it once the lost worker is replaced
+            self._attach(run, discard=fresh)
+
+    def _send_assemble(self, run: JobRun) -> None:
+        rec = self.store.get(run.record.job_id)
+        self._send(run.assembler, Message("assemble", {
+            "job": rec.job_id, "params": rec.params, "plan": rec.plan, "output_dir": rec.output_dir,
+            "identifier": self.workers[run.identifier].info["requests"],
+        }))
 
     def _progress(self, job_id: str, stage: str, done: float, total: float, figures: dict) -> None:
         run = self.runs.get(job_id)
@@ -412,10 +571,11 @@ class Scheduler(threading.Thread):
             return
         fraction = min(1.0, done / total) if total else 0.0
         run.stages[stage] = {**run.stages.get(stage, {}), "done": done, "total": total, "fraction": fraction}
-        order = list(STAGE_WEIGHTS)
+        weights = stage_weights(run.record.params)
+        order = list(weights)
         for earlier in order[: order.index(stage)] if stage in order else []:
             run.stages.setdefault(earlier, {"done": 1, "total": 1})["fraction"] = 1.0
-        overall = sum(STAGE_WEIGHTS[s] * run.stages.get(s, {}).get("fraction", 0.0) for s in STAGE_WEIGHTS)
+        overall = sum(weights[s] * run.stages.get(s, {}).get("fraction", 0.0) for s in weights)
         rec = self.store.get(job_id)
         self.store.update(job_id, stage=stage, fraction=overall,
                           stages={s: {k: v for k, v in d.items() if not k.startswith("figures_")}
@@ -432,6 +592,8 @@ class Scheduler(threading.Thread):
         rec = self.store.get(job_id)
         figures = {**rec.figures, **{k: float(v) for k, v in (body.get("figures") or {}).items()
                                      if isinstance(v, int | float)}}
+        if run.chunk_tasks():  # the assembler had every chunk, even if the last `task_done` is still on its way
+            figures["frames"] = float(sum(t.body["stop"] - t.body["start"] for t in run.chunk_tasks()))
         self.store.update(job_id, figures=figures, warnings=_add(rec.warnings, *body.get("warnings", [])),
                           fraction=1.0, stage="done")
         metrics.JOB_SECONDS.observe(time.monotonic() - run.started)

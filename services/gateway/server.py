@@ -22,6 +22,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from shoal.knowledge import check_compatible, model_info
 from shoal.params import ParamError, TrackingParams
 from shoal.v1 import jobs_pb2 as pb
 from shoal.v1 import jobs_pb2_grpc as pb_grpc
@@ -126,6 +127,16 @@ class JobService(pb_grpc.JobServiceServicer):
         except ParamError as exc:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
 
+    def _check_knowledge(self, params: TrackingParams) -> None:
+        """The earlier session must lie under the data root too, and its model must fit this job."""
+        params.knowledge_transfer_folder = self._inside_root(params.knowledge_transfer_folder,
+                                                             "knowledge_transfer_folder")
+        try:
+            check_compatible(model_info(params.knowledge_transfer_folder), params.id_image_size,
+                             params.number_of_animals)
+        except ParamError as exc:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+
     def _output_dir(self, request: pb.SubmitJobRequest, job_id: str) -> str:
         return self._inside_root(request.output_dir or str(self.data_root / "sessions" / job_id), "output_dir")
 
@@ -133,6 +144,8 @@ class JobService(pb_grpc.JobServiceServicer):
         """Check the parameters against the videos themselves, then store the job and wake the scheduler."""
         params = self._params(request, videos)
         output_dir = self._output_dir(request, job_id)
+        if params.knowledge_transfer_folder:
+            self._check_knowledge(params)
         try:
             info = probe_video(videos)
         except VideoError as exc:

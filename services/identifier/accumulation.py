@@ -197,11 +197,17 @@ def accumulate(
     device: torch.device,
     progress: Progress | None = None,
     first_global_fragment: int | None = None,
+    init_state: dict[str, torch.Tensor] | None = None,
 ) -> AccumulationResult:
-    """Run accumulation from ``seed_identity`` (per fragment, −1 = unknown; every identity must occur)."""
+    """Run accumulation from ``seed_identity`` (per fragment, −1 = unknown; every identity must occur).
+
+    ``init_state`` (knowledge transfer) replaces the seeded initial weights it names.
+    """
     identity = seed_identity.copy()
     previous = np.full_like(identity, -1)
     model = seeded_model(lambda: IdCNN(images.shape[1], n_animals), seed, device)
+    if init_state:
+        model.load_state_dict(init_state, strict=False)
     first = first_global_fragment if first_global_fragment is not None else fragments.best_global_fragment()
     order = fragments.accumulation_order(first) if len(fragments.global_fragments) else np.zeros(0, np.int64)
     notes: list[str] = []

@@ -164,6 +164,7 @@ def train_contrastive(
     init_fragments: np.ndarray | None = None,
     settings: ContrastiveSettings | None = None,
     progress: Progress | None = None,
+    init_state: dict[str, torch.Tensor] | None = None,
 ) -> ContrastiveResult:
     """Train the embedding on uint8 ``images`` (already on ``device`` or CPU).
 
@@ -171,6 +172,7 @@ def train_contrastive(
     ``MIN_FRAGMENT_IMAGES`` are best left out by the caller); ``negative_pairs`` [m, 2] index
     ``fragments``. ``init_fragments`` (N fragment indices, e.g. a global fragment) seed the k-means
     centres with their mean embeddings so cluster k tends to stay animal k between checks.
+    ``init_state`` (knowledge transfer) replaces the seeded initial weights it names.
     """
     settings = settings or ContrastiveSettings()
     images = images.to(device)
@@ -195,6 +197,8 @@ def train_contrastive(
             init_members = None
 
     model = seeded_model(lambda: EmbeddingNet(images.shape[1]), seed, device)
+    if init_state:
+        model.load_state_dict(init_state, strict=False)
     optimiser = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
     check_every = settings.check_every or 20 + 2 * n_animals
     pairs = settings.pairs_per_step
@@ -208,7 +212,7 @@ def train_contrastive(
     low_loss = float("inf")
     since_best, agreeing, step, reason = 0, 0, 0, "step budget"
     history: list[tuple[int, float, float]] = []
-    running_loss, started = 0.0, time.monotonic()
+    running_loss, started, shown = 0.0, time.monotonic(), 0.0
     while step < settings.max_steps:
         model.train()
         p_neg = negative_size + negative_score / negative_score.sum()
@@ -248,7 +252,11 @@ def train_contrastive(
         agreement = fragment_agreement(labels.cpu().numpy(), fragment_of[sample], negative_pairs, n_animals)
         history.append((step, running_loss, score))
         if progress is not None:
-            progress("contrastive", min(step / settings.max_steps, 1.0), {"loss": running_loss, "silhouette": score})
+            # training usually ends when the agreement reaches its target, long before the step
+            # budget: show whichever is further along, so the ETA during training is not 10x off
+            shown = max(shown, step / settings.max_steps, 0.95 * min(agreement / settings.agreement_target, 1.0) ** 4)
+            progress("contrastive", min(shown, 1.0), {"loss": running_loss, "silhouette": score,
+                                                      "agreement": agreement, "step": step})
         agreeing = agreeing + 1 if agreement >= settings.agreement_target else 0
         if agreeing >= 2:
             best = (agreement, score, copy.deepcopy(model.state_dict()), centres)

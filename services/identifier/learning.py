@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from services.identifier import accumulation, contrastive, crossing_detector
+from services.identifier import accumulation, contrastive, crossing_detector, transfer
 from services.identifier.accumulation import Fragments
 from services.identifier.networks import pick_device, read_rows
 from shoal.learning import CrossingReply, CrossingRequest, IdentityReply, IdentityRequest, Progress
@@ -30,6 +30,8 @@ class LocalIdentifier:
         self.images = images
         self.device = pick_device(device)
         self.settings = settings or contrastive.ContrastiveSettings()
+        self._earlier: transfer.Transferred | None = None  # knowledge transfer's model, per request
+        self._trained: tuple[str, torch.nn.Module, torch.Tensor | None] | None = None  # the answer's model
 
     def classify_crossings(self, request: CrossingRequest, progress: Progress | None = None) -> CrossingReply:
         with _deterministic():
@@ -45,12 +47,37 @@ class LocalIdentifier:
             return IdentityReply(np.ones((n_images, 1), np.float32), method="trivial", notes=["single animal"])
         fragments = Fragments.build(request.fragment_offsets, request.fragment_ids, request.fragment_frames,
                                     request.global_fragments, n)
+        self._earlier, self._trained = None, None
+        if len(request.knowledge):
+            self._earlier = transfer.load(request.knowledge, self.device)
+            side = self.images.shape[1]
+            if (self._earlier.crop_side, self._earlier.n_animals) != (side, n):
+                raise ValueError(f"knowledge_transfer_folder: the earlier model has {self._earlier.n_animals} animals "
+                                 f"and {self._earlier.crop_side} px images; this job {n} animals and {side} px")
         with _deterministic():
             if request.method == "accumulation":
-                return self._accumulation(request, fragments, None, [], progress)
-            if request.method != "contrastive":
+                reply = self._accumulation(request, fragments, None, [], progress)
+            elif request.method == "contrastive":
+                reply = self._contrastive(request, fragments, progress)
+            else:
                 raise ValueError(f"unknown identification method {request.method!r}")
-            return self._contrastive(request, fragments, progress)
+            return self._keep_model(reply, request)
+
+    def _keep_model(self, reply: IdentityReply, request: IdentityRequest) -> IdentityReply:
+        """Name identities after the earlier session's (knowledge transfer) and attach the model."""
+        if self._trained is None:
+            return reply
+        kind, model, centres = self._trained
+        if self._earlier is not None:
+            earlier = transfer.predict(self._earlier, self.images, np.asarray(request.fragment_ids, np.int64))
+            order, score = transfer.match_identities(reply.probabilities, earlier)
+            reply.probabilities = reply.probabilities[:, order]
+            model, centres = transfer.permuted(kind, model, centres, order)
+            reply.transfer_score = score
+            reply.notes.append(f"knowledge transfer: identities matched to the earlier session's, the earlier "
+                               f"model agreeing on {score:.3f} of images")
+        reply.model = transfer.model_file(kind, model, centres, request.n_animals, self.images.shape[1])
+        return reply
 
     def _contrastive(self, request: IdentityRequest, fragments: Fragments, progress: Progress | None) -> IdentityReply:
         n = request.n_animals
@@ -76,7 +103,9 @@ class LocalIdentifier:
         if first_gf is not None and (position[fragments.global_fragments[first_gf]] >= 0).all():
             init = position[fragments.global_fragments[first_gf]]
         result = contrastive.train_contrastive(images, local, pairs, n, rng, request.seed, self.device,
-                                               init_fragments=init, settings=self.settings, progress=progress)
+                                               init_fragments=init, settings=self.settings, progress=progress,
+                                               init_state=transfer.initial_state(self._earlier, transfer.CONTRASTIVE))
+        self._trained = (transfer.CONTRASTIVE, result.model, result.centres)
         probabilities = self._embed_all(result, request)
         notes = [f"contrastive: {result.steps} steps, silhouette {result.silhouette:.3f} ({result.stop_reason})"]
         if not has_gf:
@@ -84,7 +113,9 @@ class LocalIdentifier:
             return IdentityReply(probabilities, "contrastive", result.silhouette, notes=notes)
 
         p1, certainty = accumulation.fragment_statistics(probabilities, fragments.offsets)
-        probabilities, p1 = _align_to_global_fragment(probabilities, p1, fragments.global_fragments[first_gf])
+        probabilities, p1, permutation = _align_to_global_fragment(probabilities, p1,
+                                                                   fragments.global_fragments[first_gf])
+        self._trained = (transfer.CONTRASTIVE, result.model, result.centres[torch.as_tensor(permutation)])
         identity = np.full(len(p1), -1)
         order = fragments.accumulation_order(first_gf)
         sure = certainty >= accumulation.CERTAINTY_THRESHOLD
@@ -128,7 +159,9 @@ class LocalIdentifier:
             seed_identity[fragments.global_fragments[first]] = np.arange(n)
         rng = np.random.default_rng(request.seed)
         result = accumulation.accumulate(self.images, fragments, n, seed_identity, rng, request.seed, self.device,
-                                         progress, first_global_fragment=first)
+                                         progress, first_global_fragment=first,
+                                         init_state=transfer.initial_state(self._earlier, transfer.CLASSIFIER))
+        self._trained = (transfer.CLASSIFIER, result.model, None)
         probabilities = accumulation.predict_images(result.model, self.images, np.asarray(request.fragment_ids))
         return IdentityReply(probabilities, method, ratio_accumulated=result.ratio, notes=notes + result.notes)
 
@@ -144,11 +177,14 @@ def _subsample(ids_per_fragment: list[np.ndarray], cap: int) -> list[np.ndarray]
 
 
 def _align_to_global_fragment(probabilities: np.ndarray, p1: np.ndarray, members: np.ndarray):
-    """Rename clusters so the first global fragment's fragment k is identity k (Hungarian matching)."""
+    """Rename clusters so the first global fragment's fragment k is identity k (Hungarian matching).
+
+    Returns the renamed probabilities and P1, and the permutation (new column k = old column perm[k]).
+    """
     _, columns = linear_sum_assignment(-p1[members])
     permutation = np.empty_like(columns)
     permutation[np.arange(len(columns))] = columns
-    return probabilities[:, permutation], p1[:, permutation]
+    return probabilities[:, permutation], p1[:, permutation], permutation
 
 
 class _deterministic:

@@ -1,8 +1,17 @@
-"""``shoal-identifier``: stores each job's identification images and answers the assembler's
-training and prediction requests (GPU when present, CPU otherwise, same code).
+"""``shoal-identifier``: stores each job's chunks (identification images and geometry) on the data
+volume, forwards the geometry to the job's assembler, and answers the assembler's training and
+prediction requests (GPU when present, CPU otherwise, same code).
 
 Sockets: ``batches`` (PULL, small high-water mark: a busy identifier slows the segmenters),
-``requests`` (ROUTER: assemblers' DEALERs), and the control DEALER to the gateway.
+``requests`` (ROUTER: assemblers' DEALERs), one geometry PUSH per assembler, and the control DEALER
+to the gateway. Geometry waits in a short queue per assembler until its socket can take it, so a
+dead or slow assembler never blocks the main thread (and its heartbeats); while that queue is full
+no batch is read, which passes the backpressure on to the segmenters.
+
+Before a job's chunks are segmented, and again after this process or the job's assembler was
+replaced, the gateway sends ``resume``: it names the job's assembler (geometry goes nowhere else),
+and the identifier replays the geometry of every chunk the job's store holds there and answers
+with those chunks, so only the others are segmented.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ import signal
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,6 +72,13 @@ class IdentifierConfig:
     device: str = field(default="", metadata={"help": "torch device (default: cuda if available, else cpu)"})
     threads: int = field(default=0, metadata={"help": "CPU threads for torch (0 = torch's default)"})
     metrics_port: int = field(default=9102, metadata={"help": "Prometheus /metrics port (0 = any free, -1 = off)"})
+    store_delay_ms: int = field(default=0, metadata={
+        "help": "for testing backpressure only: wait this long before storing each blob batch (keep < 3000, "
+                "the main thread does not heartbeat meanwhile); 0 = off"})
+
+
+class Abandoned(Exception):
+    """Nobody waits for the request's answer any more: its job was closed or moved to another assembler."""
 
 
 class Identifier:
@@ -74,7 +91,15 @@ class Identifier:
         self.control = ControlChannel(self.ctx, cfg.gateway, "identifier", endpoints)
         self.device = pick_device(cfg.device or None)
         self.pushers: dict[str, zmq.Socket] = {}
-        self.inbox: queue.Queue[tuple[bytes, Message] | None] = queue.Queue()
+        #: job -> the assembler geometry endpoint it forwards to (from the gateway's `resume`); a batch
+        #: of a job without one is stored only (a stale batch, or one ahead of its `resume`, which replays it)
+        self.routes: dict[str, str] = {}
+        #: assembler endpoint -> (job, chunk, message or None = read from the store) waiting for POLLOUT
+        self.forwards: dict[str, deque[tuple[str, int, Message | None]]] = {}
+        #: job -> generation; bumped when the job is closed or its assembler replaced, which abandons
+        #: the requests received before
+        self.epochs: dict[str, int] = {}
+        self.inbox: queue.Queue[tuple[bytes, Message, int] | None] = queue.Queue()
         self.outbox: queue.Queue[tuple[bytes, Message]] = queue.Queue()
         self.stopping = False
         WAITING.set_function(self.inbox.qsize)
@@ -89,18 +114,24 @@ class Identifier:
         return ImageStore(Path(self.cfg.store) / job)
 
     def run(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self.batches, zmq.POLLIN)
-        poller.register(self.requests, zmq.POLLIN)
         while not self.stopping:
             msg = self.control.poll(0)
-            if msg is not None and msg.type == "close_job":
-                self.store(msg["job"]).delete()
+            if msg is not None:
+                self.on_control(msg)
+            poller = zmq.Poller()
+            if sum(len(q) for q in self.forwards.values()) < DATA_HWM:
+                poller.register(self.batches, zmq.POLLIN)
+            poller.register(self.requests, zmq.POLLIN)
+            for endpoint, waiting in self.forwards.items():
+                if waiting:
+                    poller.register(self._pusher(endpoint), zmq.POLLOUT)
             ready = dict(poller.poll(200))
-            if self.batches in ready:
+            if ready.get(self.batches, 0) & zmq.POLLIN:
                 self.on_batch(recv(self.batches)[1])
-            if self.requests in ready:
-                self.inbox.put(recv(self.requests, routed=True))
+            if ready.get(self.requests, 0) & zmq.POLLIN:
+                route, req = recv(self.requests, routed=True)
+                self.inbox.put((route, req, self.epochs.get(req["job"], 0)))
+            self._flush()
             while not self.outbox.empty():
                 route, reply = self.outbox.get()
                 send(self.requests, reply, route=route)
@@ -109,38 +140,108 @@ class Identifier:
             sock.close(linger=500)
         self.control.close()
 
+    def on_control(self, msg: Message) -> None:
+        if msg.type == "close_job":
+            self._forget(msg["job"])
+            self.store(msg["job"]).delete()
+        elif msg.type == "resume":
+            self.on_resume(msg["job"], msg["n_chunks"], msg["assembler"], msg.get("discard", False))
+
+    def on_resume(self, job: str, n_chunks: int, assembler: str, discard: bool = False) -> None:
+        """The gateway (re)pinned ``job`` here, or gave it a new assembler: replay the stored geometry
+        there and say which chunks are held. Requests from a replaced assembler are abandoned;
+        ``discard`` drops what the store holds first (it may come from a run with another probe)."""
+        previous = self.routes.get(job)
+        if previous is not None and previous != assembler:
+            self.epochs[job] = self.epochs.get(job, 0) + 1
+        self._drop_forwards(job)
+        self.routes[job] = assembler
+        self._close_unused_pushers()
+        if discard:
+            self.store(job).delete()
+        held = self.store(job).held(n_chunks)
+        self.forwards.setdefault(assembler, deque()).extend((job, c, None) for c in held)
+        self.control.send(Message("resume_ack", {"job": job, "chunks": held}))
+        self.log.info("job %s resumed: %d of %d chunks held in the store, replaying their geometry to %s",
+                      job, len(held), n_chunks, assembler)
+
+    def _forget(self, job: str) -> None:
+        self.epochs[job] = self.epochs.get(job, 0) + 1
+        self._drop_forwards(job)
+        self.routes.pop(job, None)
+        self._close_unused_pushers()
+
+    def _drop_forwards(self, job: str) -> None:
+        for endpoint, waiting in self.forwards.items():
+            self.forwards[endpoint] = deque(item for item in waiting if item[0] != job)
+
+    def _close_unused_pushers(self) -> None:
+        """Close the sockets to assemblers no job routes to any more (a dead assembler's socket would
+        keep its unsent messages for ever)."""
+        for endpoint in set(self.pushers) - set(self.routes.values()):
+            self.pushers.pop(endpoint).close(linger=0)
+            self.forwards.pop(endpoint, None)
+
     def on_batch(self, msg: Message) -> None:
         t0 = time.perf_counter()
+        if self.cfg.store_delay_ms > 0:
+            time.sleep(self.cfg.store_delay_ms / 1000)
         job, chunk = msg["job"], msg["chunk"]
         store = self.store(job)
         crops = msg.arrays.pop("crops")
+        body = {k: msg[k] for k in ("job", "chunk", "attempt", "start", "stop", "n_chunks")}
         if store.has(chunk):
             BATCHES.labels("duplicate").inc()
         else:
-            store.put(chunk, crops)
+            store.put(chunk, crops, msg.arrays, body)
             CROPS_STORED.inc(len(crops))
             FRAMES_STORED.inc(msg["stop"] - msg["start"])
             BATCH_IMAGES.observe(len(crops))
             BATCHES.labels("stored").inc()
-        body = {k: msg[k] for k in ("job", "chunk", "attempt", "start", "stop", "n_chunks")}
-        send(self._pusher(msg["assembler"]), Message("chunk_geometry", body, msg.arrays))
+        endpoint = self.routes.get(job)
+        if endpoint is not None:
+            geometry = Message("chunk_geometry", body, msg.arrays)
+            self.forwards.setdefault(endpoint, deque()).append((job, chunk, geometry))
         BATCH_SECONDS.observe(time.perf_counter() - t0)
+
+    def _flush(self) -> None:
+        """Send queued geometry while each assembler's socket can take it (never blocking)."""
+        for endpoint, waiting in self.forwards.items():
+            sock = self._pusher(endpoint)
+            while waiting and sock.poll(0, zmq.POLLOUT):
+                job, chunk, msg = waiting.popleft()
+                if msg is None:
+                    try:
+                        meta, arrays = self.store(job).geometry(chunk)
+                    except OSError as exc:  # the store was removed underneath us: the chunk is segmented again
+                        self.log.error("cannot replay chunk %d of job %s: %s", chunk, job, exc)
+                        continue
+                    msg = Message("chunk_geometry", {"job": job, "chunk": chunk, **meta}, arrays)
+                send(sock, msg)
 
     def _serve_requests(self) -> None:
         """Training and prediction run here, one request at a time, off the socket-owning thread."""
         while (item := self.inbox.get()) is not None:
+            route, req, epoch = item
+            if epoch != self.epochs.get(req["job"], 0):
+                self.log.warning("dropped %s of job %s: the job was closed or moved to another assembler",
+                                 req.type, req["job"])
+                continue
+            self.log.info("serving %s of job %s", req.type, req["job"])
             with IN_FLIGHT.track_inprogress():
-                self.on_request(*item)
+                self.on_request(route, req, epoch)
 
-    def on_request(self, route: bytes, req: Message) -> None:
+    def on_request(self, route: bytes, req: Message, epoch: int) -> None:
         t0 = time.perf_counter()
         job = req["job"]
         contrastive_steps = 0
 
         def progress(stage: str, fraction: float, figures: dict) -> None:
             nonlocal contrastive_steps
-            if stage == "contrastive":  # reported every few steps as steps / max_steps
-                step = round(fraction * identifier.settings.max_steps)
+            if self.epochs.get(job, 0) != epoch:
+                raise Abandoned
+            if stage == "contrastive":  # reported every few steps, with the step count
+                step = int(figures.get("step", contrastive_steps))
                 TRAINING_STEPS.labels(stage).inc(max(0, step - contrastive_steps))
                 contrastive_steps = max(step, contrastive_steps)
             elif stage == "accumulation":  # reported once per accumulation round
@@ -158,6 +259,9 @@ class Identifier:
                 reply = pack("identity_result", identifier.learn_identities(unpack(req, IdentityRequest), progress))
             else:
                 reply = Message("error", {"error": f"unknown request {req.type!r}"})
+        except Abandoned:
+            self.log.warning("abandoned %s of job %s: the job was closed or moved to another assembler", req.type, job)
+            return
         except Exception as exc:
             self.log.exception("request %s of job %s failed", req.type, job)
             reply = Message("error", {"error": f"identifier failed on {req.type}: {exc}"})

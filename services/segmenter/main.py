@@ -2,6 +2,9 @@
 
 Stateless: everything a task needs travels in the task or lies on the shared data volume, so any
 number of segmenters can run on any hosts and a killed one only costs its current task.
+
+On SIGTERM it takes no more work (``ready`` with credit 0), finishes the tasks it holds while it
+keeps heartbeating, hands back a task that arrives meanwhile, says ``goodbye`` and exits 0.
 """
 
 from __future__ import annotations
@@ -36,6 +39,12 @@ IN_FLIGHT = Gauge("shoal_segment_tasks_in_flight", "Tasks this segmenter is work
 
 #: errors that no retry can fix: the job fails with the message
 FATAL = (VideoError, SegmentationError, RoiError, ParamError)
+#: at shutdown, how long a batch already handed to ZeroMQ may take to reach its identifier
+STOP_LINGER_MS = 10_000
+
+
+class TaskReleased(Exception):
+    """The task is given back unfinished (cancelled by the gateway, or this worker is stopping)."""
 
 
 @dataclass
@@ -55,6 +64,8 @@ class Segmenter:
         self.control = ControlChannel(self.ctx, cfg.gateway, "segmenter")
         self.tasks: queue.Queue[dict | None] = queue.Queue()
         self.outbox: queue.Queue[Message] = queue.Queue()
+        #: (job, task, attempt) the gateway took back (`cancel_task`): their batch would go nowhere
+        self.cancelled: set[tuple[str, int, int]] = set()
         self.busy = 0
         self.stopping = False
         self.threads = [threading.Thread(target=self._work, name=f"task-{i}", daemon=True)
@@ -63,28 +74,38 @@ class Segmenter:
             t.start()
 
     def _ask(self) -> None:
-        if self.cfg.credit - self.busy > 0:
+        if self.cfg.credit - self.busy > 0 and not self.stopping:
             self.control.send(Message("ready", {"credit": self.cfg.credit - self.busy}))
 
     def run(self) -> None:
+        """Serve until SIGTERM, then until the tasks held are finished (heartbeating all along)."""
         self._ask()
-        while not self.stopping:
+        quitting = False
+        while not (self.stopping and self.busy == 0):
+            if self.stopping and not quitting:
+                quitting = True
+                self.log.info("stopping: finishing %d task(s), taking no more", self.busy)
+                self.control.send(Message("ready", {"credit": 0}))
             msg = self.control.poll(100)
             if msg is not None and msg.type == "task":
-                self.busy += 1
-                self.tasks.put(msg.body)
+                if self.stopping:  # sent before the gateway saw credit 0: give it back untouched
+                    self.control.send(Message("task_failed", {**_ref(msg.body), "error": "segmenter stopping",
+                                                              "released": True}))
+                else:
+                    self.busy += 1
+                    self.tasks.put(msg.body)
             elif msg is not None and msg.type == "registered":
                 self._ask()
+            elif msg is not None and msg.type == "cancel_task":
+                self.cancelled.add((msg["job"], msg["task"], msg["attempt"]))
             while not self.outbox.empty():
                 self.control.send(self.outbox.get())
                 self.busy -= 1
                 self._ask()
         for _ in self.threads:
             self.tasks.put(None)
-        for t in self.threads:  # SIGTERM: finish the current task, then leave (Kubernetes-friendly)
+        for t in self.threads:
             t.join()
-        while not self.outbox.empty():
-            self.control.send(self.outbox.get())
         self.control.close()
 
     def _work(self) -> None:
@@ -93,17 +114,28 @@ class Segmenter:
             with IN_FLIGHT.track_inprogress():
                 self.outbox.put(self.handle(task, pushers))
         for sock in pushers.values():
-            sock.close(linger=1000)
+            sock.close(linger=STOP_LINGER_MS)
+
+    def _check(self, task: dict) -> None:
+        """Raise :class:`TaskReleased` if the gateway took the task back or the worker must stop now."""
+        key = (task["job"], task["task"], task["attempt"])
+        if key in self.cancelled:
+            self.cancelled.discard(key)
+            raise TaskReleased("cancelled by the gateway")
 
     def handle(self, task: dict, pushers: dict[str, zmq.Socket]) -> Message:
-        ref = {"job": task["job"], "task": task["task"], "attempt": task["attempt"]}
+        ref = _ref(task)
         try:
+            self._check(task)
             params = TrackingParams.from_dict(task["params"])
             info = VideoInfo(**task["video"])
             if task["kind"] == "probe":
                 result = probe(info, params, Path(task["job_dir"])).to_dict()
             else:
                 result = self.segment(task, info, params, pushers)
+        except TaskReleased as exc:
+            self.log.info("task %s of job %s given back: %s", ref["task"], ref["job"], exc)
+            return Message("task_failed", {**ref, "error": str(exc), "released": True})
         except FATAL as exc:
             self.log.warning("task %s of job %s failed: %s", ref["task"], ref["job"], exc)
             return Message("task_failed", {**ref, "error": str(exc), "fatal": True})
@@ -118,14 +150,16 @@ class Segmenter:
         table, crops = segment_chunk(info, params, Probe.from_dict(task["probe"]), start, stop)
         arrays = {**table.arrays(), "crops": crops}
         body = {"job": task["job"], "chunk": task["task"], "attempt": task["attempt"], "start": start,
-                "stop": stop, "n_chunks": task["n_chunks"], "assembler": task["assembler"]}
+                "stop": stop, "n_chunks": task["n_chunks"]}
         if task["identifier"] not in pushers:
             pushers[task["identifier"]] = make_socket(self.ctx, zmq.PUSH, hwm=DATA_HWM)
             pushers[task["identifier"]].connect(task["identifier"])
         sock = pushers[task["identifier"]]
-        while not sock.poll(1000, zmq.POLLOUT):  # backpressure: a busy identifier slows this worker down
+        while not sock.poll(200, zmq.POLLOUT):  # backpressure: a busy identifier slows this worker down
+            self._check(task)
             if self.stopping:
-                raise RuntimeError("stopped while the identifier was not accepting batches")
+                raise TaskReleased("stopping while the identifier was not accepting batches")
+        self._check(task)
         send(sock, Message("blob_batch", body, arrays))
         n_frames = stop - start
         FRAMES.inc(n_frames)
@@ -134,6 +168,10 @@ class Segmenter:
         CROPS.inc(len(crops))
         TASK_SECONDS.observe(time.perf_counter() - t0)
         return {"frames": n_frames, "blobs": len(table)}
+
+
+def _ref(task: dict) -> dict:
+    return {"job": task["job"], "task": task["task"], "attempt": task["attempt"]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, stop)
     log.info("segmenter %s connected to %s", worker.control.worker_id, cfg.gateway)
     worker.run()
+    worker.ctx.term()  # waits (up to STOP_LINGER_MS) for the last batches to leave
     return 0
 
 

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from shoal.blobs import BlobTable
+
 _ROI_RE = re.compile(r"^\s*([+-])\s*([A-Za-z]+)\s*(.*?)\s*$", re.DOTALL)
 _EXPECTED = {
     "Polygon": "[[x0, y0], [x1, y1], ...]",
@@ -160,3 +162,16 @@ def roi_regions(mask: np.ndarray) -> np.ndarray:
     """
     _, labels = cv2.connectedComponents(np.asarray(mask, bool).view(np.uint8), connectivity=8)
     return labels.astype(np.int32) - 1
+
+
+def blob_regions(table: BlobTable, regions: np.ndarray) -> np.ndarray:
+    """int32 [n] region of each blob, read at the first point of its external contour.
+
+    Foreground is cut by the ROI before contours are traced, so a blob never spans two regions and
+    any of its contour pixels names its region; the centroid would not do (a bent body's centroid
+    can lie outside the body, even outside the ROI).
+    """
+    if len(table) == 0:
+        return np.zeros(0, np.int32)
+    first = table.contour_points[table.contour_offsets[:-1]]
+    return regions[first[:, 1], first[:, 0]].astype(np.int32)

@@ -183,15 +183,16 @@ def body_length(table: BlobTable, n_animals: int) -> float:
     """Median bounding-box diagonal of single-animal blobs (§3.1), the unit of the crop size.
 
     Only frames with exactly ``n_animals`` blobs are used (there every blob is one animal); if no
-    frame qualifies, all blobs. The diagonal joins the extreme pixel centres, (w-1, h-1), as in
-    idtracker.ai's blob ``extension``.
+    frame qualifies, the frames with the most blobs up to N (the fewest animals touching, so the
+    median is still a single animal's). The diagonal joins the extreme pixel centres, (w-1, h-1),
+    as in idtracker.ai's blob ``extension``.
     """
     if len(table) == 0:
         raise ValueError("cannot estimate the body length: no blobs were found; check the thresholds")
     frames, inverse, counts = np.unique(table.frame, return_inverse=True, return_counts=True)
-    rows = counts[inverse] == n_animals
-    if not rows.any():
-        rows = np.ones(len(table), bool)
+    per_blob = counts[inverse]
+    fewest_merges = per_blob[per_blob <= n_animals].max(initial=per_blob.min())
+    rows = per_blob == (n_animals if np.any(per_blob == n_animals) else fewest_merges)
     w = table.bbox[rows, 2] - table.bbox[rows, 0] - 1
     h = table.bbox[rows, 3] - table.bbox[rows, 1] - 1
     return float(np.median(np.hypot(w, h)))

@@ -13,12 +13,13 @@ from pathlib import Path
 import numpy as np
 
 from shoal.blobs import BlobTable, concat
+from shoal.knowledge import check_compatible, model_info
 from shoal.params import TrackingParams
 from shoal.video import VideoInfo, read_frames, sample_frames
 
 from .auto_thresholds import difference_threshold, minimum_area, typical_animal_area
 from .crops import crop_geometry, identification_images
-from .roi import roi_mask
+from .roi import blob_regions, roi_mask, roi_regions
 from .segmentation import background_sample_indices, body_length, compute_background, segment_frame
 
 #: frames looked at by the probe to estimate body length and crop size
@@ -41,6 +42,7 @@ class Probe:
     background: str | None  # path of the background model (.npy) on the data volume, if subtracting
     blobs_per_frame_median: float
     warnings: list[str]
+    n_regions: int = 1  # exclusive arenas (connected ROI regions) when exclusive_rois, else 1
 
     def to_dict(self) -> dict:
         d = dict(self.__dict__)
@@ -111,8 +113,19 @@ def probe(info: VideoInfo, params: TrackingParams, job_dir: Path) -> Probe:
             warnings.append(f"no sampled frame shows all {n} animals apart; identities may be harder to learn")
     length = body_length(table, n)
     side, scale = crop_geometry(length, params.id_image_size, params.resolution_reduction)
+    if params.knowledge_transfer_folder:  # fail now, not after segmenting the whole video
+        check_compatible(model_info(params.knowledge_transfer_folder), side, params.number_of_animals)
+    n_regions = 1
+    if params.exclusive_rois and roi is not None:
+        n_regions = int(roi_regions(roi).max()) + 1
+        if params.animals_per_roi is not None and len(params.animals_per_roi) != n_regions:
+            raise SegmentationError(
+                f"animals_per_roi: {len(params.animals_per_roi)} counts given but the ROI has {n_regions} "
+                "separate regions (exclusive arenas); give one count per region, in raster order of their top")
+        if n_regions == 1:
+            warnings.append("exclusive_rois: the ROI is one connected region, so there is a single arena")
     return Probe(length, side, scale, tuple(intensity), area, str(background_path) if background_path else None,
-                 float(np.median(counts)), warnings)
+                 float(np.median(counts)), warnings, n_regions)
 
 
 def segment_chunk(
@@ -124,10 +137,13 @@ def segment_chunk(
 ) -> tuple[BlobTable, np.ndarray]:
     """Blob table and identification images (uint8 [n, s, s], same row order) of frames [start, stop)."""
     roi = roi_mask(params.roi_list, info.width, info.height) if params.roi_list else None
+    regions = roi_regions(roi) if params.exclusive_rois and roi is not None else None
     background = np.load(probe.background) if probe.background else None
     tables, crops = [], []
     for index, gray in read_frames(info, start, stop):
         table = segment_frame(gray, index, probe.intensity_ths, probe.area_ths, background, roi)
+        if regions is not None:
+            table.region = blob_regions(table, regions)
         tables.append(table)
         crops.append(identification_images(gray, table, np.arange(len(table)), probe.crop_side, probe.crop_scale))
     side = probe.crop_side
