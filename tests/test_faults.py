@@ -114,13 +114,13 @@ def _stored_chunks(cluster: LocalCluster, job_id: str) -> set[int]:
     return crops & geometry
 
 
-def _wait_for_log(cluster: LocalCluster, pattern: str, timeout: float = 60) -> re.Match:
+def _wait_for_log(cluster: LocalCluster, pattern: str, timeout: float = 60, poll_s: float = 0.05) -> re.Match:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         found = re.search(pattern, cluster.log_path.read_text(errors="replace"))
         if found:
             return found
-        time.sleep(0.05)
+        time.sleep(poll_s)
     raise AssertionError(f"no log line matches {pattern!r}")
 
 
@@ -270,6 +270,70 @@ def test_sigterm_lets_a_segmenter_finish_its_task_and_exit_cleanly(video, refere
     assert f"segmenter[{proc.pid}] INFO stopping: finishing" in log
     left = [line for line in log.splitlines() if f"-{proc.pid}-" in line and " lost (" in line]
     assert left and all("lost (left); re-issuing 0 task(s)" in line for line in left), left
+    np.testing.assert_array_equal(_trajectories(tmp_path / "b"), reference)
+
+
+def test_a_segmenter_started_mid_job_takes_work(video, reference, tmp_path, monkeypatch):
+    """One segmenter starts the job; a second is started once segmentation is under way (the
+    identifier is slowed so that there is time). Asserted: the newcomer registers with the running
+    gateway and segments some of the job's chunks, and the trajectories equal an undisturbed run's."""
+    monkeypatch.setenv("SHOAL_STORE_DELAY_MS", "150")
+    with LocalCluster(_root(video, tmp_path), tmp_path / "work", segmenters=1) as cluster:
+        client = Client(cluster.grpc_address)
+        client.wait_ready()
+        job_id = client.submit(_params(video, frames_per_episode=20), output_dir=str(tmp_path / "b")).job_id
+        _wait_for_stage(client, job_id, "segment", 0.0, 0.3)
+        first = cluster.procs["segmenter-0"]
+        env = {k: v for k, v in os.environ.items() if k != "SHOAL_AUTH_TOKEN"} | {"PYTHONUNBUFFERED": "1"}
+        with open(cluster.log_path, "ab") as log:
+            newcomer = subprocess.Popen([sys.executable, "-c", LAUNCHER, *first.args[2:]],
+                                        stdin=subprocess.DEVNULL, stderr=log, env=env)
+        cluster.procs["segmenter-late"] = newcomer  # cluster.stop() ends it
+        job = follow(client, job_id, quiet=True)
+        client.close()
+    assert job.state == pb.SUCCEEDED, job.error
+    late = newcomer.pid
+    by_worker = re.findall(rf"job {job_id}: chunk \d+ segmented by (\S+)", cluster.log_path.read_text())
+    taken = sum(f"-{late}-" in w for w in by_worker)
+    print(f"the segmenter started mid-job segmented {taken} of {len(by_worker)} chunks reported done")
+    assert taken >= 1, "the segmenter started mid-job got no work"
+    np.testing.assert_array_equal(_trajectories(tmp_path / "b"), reference)
+
+
+def test_a_batch_that_dies_with_its_segmenter_after_task_done_is_segmented_again(video, reference, tmp_path):
+    """The identifier is frozen (SIGSTOP, shorter than the 3 s heartbeat limit) so that the large
+    batches (256-px crops, about 3.9 MiB a chunk of 20 frames) back up into a segmenter's own send
+    queue; the segmenter is killed right after the gateway counts one more of its chunks, whose batch
+    is then lost with it. Asserted: the gateway re-issues the chunks of that segmenter which the
+    identifier had not acknowledged (`chunk_stored`), besides the one it held, and the job succeeds
+    with trajectories identical to an undisturbed run (before the acknowledgement existed, the job
+    waited for ever for the lost batch)."""
+    params = _params(video, id_image_size=256, frames_per_episode=20)
+    with LocalCluster(_root(video, tmp_path), tmp_path / "work", segmenters=2) as cluster:
+        client = Client(cluster.grpc_address)
+        client.wait_ready()
+        job_id = client.submit(params, output_dir=str(tmp_path / "b")).job_id
+        victim, identifier = cluster.procs["segmenter-0"], cluster.procs["identifier"]
+        done_by_victim = rf"job {job_id}: chunk \d+ segmented by \S+-{victim.pid}-"
+        _wait_for_log(cluster, done_by_victim)
+        os.kill(identifier.pid, signal.SIGSTOP)
+        frozen = time.monotonic()
+        try:
+            time.sleep(0.8)  # the socket buffers towards the frozen identifier fill up
+            before = len(re.findall(done_by_victim, cluster.log_path.read_text(errors="replace")))
+            while len(re.findall(done_by_victim, cluster.log_path.read_text(errors="replace"))) == before:
+                assert time.monotonic() - frozen < 2.2, "no chunk finished while the identifier was frozen"
+                time.sleep(0.005)
+            os.kill(victim.pid, signal.SIGKILL)
+        finally:
+            os.kill(identifier.pid, signal.SIGCONT)
+        victim.wait(10)
+        job = follow(client, job_id, quiet=True)
+        client.close()
+    assert job.state == pb.SUCCEEDED, job.error
+    lost = _wait_for_log(cluster, rf"worker \S+-{victim.pid}-\S+ lost \(missed 3 heartbeats\); re-issuing (\d+) task")
+    print(f"{lost.group(1)} task(s) of the killed segmenter re-issued")
+    assert int(lost.group(1)) >= 2
     np.testing.assert_array_equal(_trajectories(tmp_path / "b"), reference)
 
 

@@ -76,6 +76,8 @@ class Worker:
     last_seen: float
     credit: int = 0
     tasks: set[tuple[str, int]] = field(default_factory=set)
+    #: chunks this segmenter finished whose batch the identifier has not yet stored (`chunk_stored`)
+    unstored: set[tuple[str, int]] = field(default_factory=set)
 
 
 @dataclass
@@ -87,6 +89,7 @@ class Task:
     released: int = 0  # attempts handed back untouched (a stopping segmenter): they do not count as failures
     worker: bytes | None = None
     done: bool = False
+    stored: bool = False  # a chunk's batch is in the identifier's store (its `chunk_stored` came)
     last_error: str = ""
 
     @property
@@ -221,6 +224,8 @@ class Scheduler(threading.Thread):
             self._end(body["job"], FAILED, body.get("error", "failed"))
         elif msg.type == "resume_ack":
             self._resume_ack(worker, body)
+        elif msg.type == "chunk_stored":
+            self._chunk_stored(body)
 
     # -- workers -------------------------------------------------------------------------------
 
@@ -237,18 +242,30 @@ class Scheduler(threading.Thread):
                 self._send(w.wid, Message("heartbeat"))
 
     def _worker_lost(self, w: Worker, why: str) -> None:
-        log.warning("worker %s lost (%s); re-issuing %d task(s)", w.wid.decode(), why, len(w.tasks))
         self.workers.pop(w.wid, None)
         metrics.WORKERS.labels(w.role).dec()
-        if why != "left" and why != "re-registered":
+        died = why not in ("left", "re-registered")  # a live worker's sent batches still reach the identifier
+        if died:
             metrics.HEARTBEATS_LOST.labels(w.role).inc()
-        for job_id, index in sorted(w.tasks):
-            run = self.runs.get(job_id)
-            task = run.tasks.get(index) if run else None
-            if task and not task.done:
-                task.worker = None
-                self.pending.appendleft(task)
-                metrics.TASKS_REISSUED.inc()
+        reissued = []
+        for key in sorted(w.tasks | w.unstored):
+            run = self.runs.get(key[0])
+            task = run.tasks.get(key[1]) if run else None
+            if task is None:
+                continue
+            if task.stored:  # its batch is safe whatever became of the worker's `task_done`
+                task.done, task.worker = True, None
+                continue
+            held = key in w.tasks and not task.done
+            # finished, but the batch may have died with the worker, still in its send queue
+            batch_lost = died and key in w.unstored and task.done
+            if not (held or batch_lost):
+                continue
+            task.done, task.worker = False, None
+            self.pending.appendleft(task)
+            reissued.append(key[1])
+            metrics.TASKS_REISSUED.inc()
+        log.warning("worker %s lost (%s); re-issuing %d task(s)", w.wid.decode(), why, len(reissued))
         for run in list(self.runs.values()):
             for role, wid in (("identifier", run.identifier), ("assembler", run.assembler)):
                 if wid == w.wid and role not in run.missing:
@@ -337,7 +354,7 @@ class Scheduler(threading.Thread):
         again, coming = [], []
         for task in tasks:
             if task.index in held:
-                task.done = True
+                task.done = task.stored = True
             elif task.worker is not None or (task.done and same_identifier):
                 coming.append(task.index)
             else:
@@ -518,7 +535,19 @@ class Scheduler(threading.Thread):
         if task.index == -1:
             self._probe_done(run, body["result"])
         else:
+            if not task.stored:
+                worker.unstored.add(task.key)
+            log.info("job %s: chunk %d segmented by %s", task.job_id, task.index, worker.wid.decode())
             self._segment_progress(run)
+
+    def _chunk_stored(self, body: dict) -> None:
+        run = self.runs.get(body.get("job"))
+        task = run.tasks.get(body.get("chunk")) if run else None
+        if task is None:
+            return
+        task.stored = True
+        for w in self.workers.values():
+            w.unstored.discard(task.key)
 
     def _segment_progress(self, run: JobRun) -> None:
         """Chunks done and their frames (counted from the tasks: a chunk segmented twice counts once)."""

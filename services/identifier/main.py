@@ -198,6 +198,9 @@ class Identifier:
             FRAMES_STORED.inc(msg["stop"] - msg["start"])
             BATCH_IMAGES.observe(len(crops))
             BATCHES.labels("stored").inc()
+        # the end-to-end acknowledgement: until it reaches the gateway, a chunk whose segmenter dies
+        # counts as lost (its batch may have died in the segmenter's send queue) and is segmented again
+        self.control.send(Message("chunk_stored", {"job": job, "chunk": chunk}))
         endpoint = self.routes.get(job)
         if endpoint is not None:
             geometry = Message("chunk_geometry", body, msg.arrays)
