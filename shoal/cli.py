@@ -83,7 +83,7 @@ def build_params(args: argparse.Namespace, videos: list[str]) -> TrackingParams:
         "track_wo_identities": True if args.no_identities else None, "trajectories_formats": args.formats,
         "exclusive_rois": True if args.exclusive_rois else None, "animals_per_roi": args.animals_per_roi,
         "id_image_size": args.id_image_size,
-        "knowledge_transfer_folder": str(Path(args.knowledge_from).resolve()) if args.knowledge_from else None,
+        "knowledge_transfer_folder": _gateway_path(args.knowledge_from) if args.knowledge_from else None,
         "output_video": True if args.video else None, "video_trail": args.video_trail,
         "output_individual_videos": True if args.individual_videos else None,
         "individual_video_size": args.individual_video_size,
@@ -93,8 +93,14 @@ def build_params(args: argparse.Namespace, videos: list[str]) -> TrackingParams:
             raise ParamError("tracking_intervals", "--intervals needs pairs of frames: start end [start end ...]")
         overrides["tracking_intervals"] = list(zip(args.intervals[::2], args.intervals[1::2], strict=True))
     params = TrackingParams.from_dict({**base, **{k: v for k, v in overrides.items() if v is not None},
-                                       "video_paths": [str(Path(v).resolve()) for v in videos]})
+                                       "video_paths": [_gateway_path(v) for v in videos]})
     return params.validate()
+
+
+def _gateway_path(path: str) -> str:
+    """A path that exists here goes to the gateway absolute (local mode and `shoal serve` share this
+    file system); any other as given, which a remote gateway reads relative to its data root."""
+    return str(Path(path).resolve()) if Path(path).exists() else path
 
 
 def _check_locally(params: TrackingParams) -> None:
@@ -416,7 +422,8 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_serve)
 
     sb = sub.add_parser("submit", help="submit a job to a gateway; prints its id")
-    sb.add_argument("videos", nargs="+", help="video paths as the gateway sees them")
+    sb.add_argument("videos", nargs="+", help="videos: a path that exists here is sent absolute; any other "
+                                              "is read by the gateway relative to its data root")
     sb.add_argument("--out", help="session folder on the gateway's data volume")
     sb.add_argument("--name")
     sb.add_argument("--watch", action="store_true", help="then follow it to the end")
