@@ -81,11 +81,13 @@ class Segmenter:
         """Serve until SIGTERM, then until the tasks held are finished (heartbeating all along)."""
         self._ask()
         quitting = False
-        while not (self.stopping and self.busy == 0):
-            if self.stopping and not quitting:
+        while True:
+            if self.stopping and not quitting:  # logged even when idle, so the log always says why it left
                 quitting = True
                 self.log.info("stopping: finishing %d task(s), taking no more", self.busy)
                 self.control.send(Message("ready", {"credit": 0}))
+            if self.stopping and self.busy == 0:
+                break
             msg = self.control.poll(100)
             if msg is not None and msg.type == "task":
                 if self.stopping:  # sent before the gateway saw credit 0: give it back untouched
