@@ -122,6 +122,27 @@ class BlobTable:
         )
 
 
+def blobs_per_frame_of_blob(table: BlobTable) -> np.ndarray:
+    """For each blob, how many blobs its frame holds."""
+    if len(table) == 0:
+        return np.zeros(0, np.int64)
+    _, inverse, counts = np.unique(table.frame, return_inverse=True, return_counts=True)
+    return counts[inverse]
+
+
+def solo_frame_rows(table: BlobTable, n_animals: int) -> tuple[np.ndarray, bool]:
+    """(bool [n], exact): the blobs of the frames that best show the animals apart.
+
+    Those are the frames with exactly ``n_animals`` blobs (``exact``: every blob there is one
+    animal) or, in a video without such a frame (some animals always touch), the frames with the
+    most blobs up to N: the fewest animals touching, though some blobs there are still merged.
+    """
+    per_frame = blobs_per_frame_of_blob(table)
+    if np.any(per_frame == n_animals):
+        return per_frame == n_animals, True
+    return per_frame == per_frame[per_frame <= n_animals].max(initial=per_frame.min(initial=0)), False
+
+
 def _take_ragged(offsets: np.ndarray, data: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(new offsets, data) of the ragged items ``rows``, gathered with one fancy index."""
     starts, lengths = offsets[rows], offsets[rows + 1] - offsets[rows]

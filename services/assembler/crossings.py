@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from services.assembler.overlap import link_degrees
-from shoal.blobs import BlobTable
+from shoal.blobs import BlobTable, blobs_per_frame_of_blob, solo_frame_rows
 from shoal.learning import CrossingRequest, IdentifierClient, Progress
 
 #: A blob this many standard deviations above the median single-animal area seems a crossing.
@@ -42,22 +42,13 @@ class AreaModel:
         return (np.asarray(area) - self.median) >= AREA_SD_TOLERANCE * sd
 
 
-def blobs_per_frame_of_blob(table: BlobTable) -> np.ndarray:
-    """For each blob, how many blobs its frame holds."""
-    if len(table) == 0:
-        return np.zeros(0, np.int64)
-    _, inverse, counts = np.unique(table.frame, return_inverse=True, return_counts=True)
-    return counts[inverse]
-
-
 def area_model(table: BlobTable, n_animals: int) -> AreaModel:
     if len(table) == 0:
         return AreaModel(0.0, 0.0)
-    per_frame = blobs_per_frame_of_blob(table)
-    areas = table.area[per_frame == n_animals]
-    if len(areas):
+    rows, exact = solo_frame_rows(table, n_animals)
+    areas = table.area[rows]
+    if exact:
         return AreaModel(float(np.median(areas)), float(np.std(areas)))
-    areas = table.area[per_frame == per_frame[per_frame <= n_animals].max(initial=per_frame.min())]
     median = float(np.median(areas))
     return AreaModel(median, 1.4826 * float(np.median(np.abs(areas - median))))
 

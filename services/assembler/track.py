@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from services.assembler.assignment import Assignment, assign_identities, estimated_accuracy
-from services.assembler.crossings import blobs_per_frame_of_blob, classify_crossings
+from services.assembler.crossings import classify_crossings
 from services.assembler.fragments import Fragment, build_fragments, coexistence
 from services.assembler.global_fragments import GlobalFragment, find_global_fragments
 from services.assembler.postprocess import correct_impossible_jumps, interpolate_crossings, velocity_threshold
 from services.assembler.slots import assign_slots, max_blobs_per_frame
 from services.assembler.trajectories import build_trajectories, identity_areas
-from shoal.blobs import BlobTable
+from shoal.blobs import BlobTable, blobs_per_frame_of_blob
 from shoal.learning import IdentifierClient, IdentityReply, IdentityRequest, Progress
 from shoal.votes import fragment_votes, p1_from_votes
 

@@ -19,7 +19,7 @@ import math
 import cv2
 import numpy as np
 
-from shoal.blobs import BlobTable, concat
+from shoal.blobs import BlobTable, concat, solo_frame_rows
 
 BACKGROUND_STATS = ("median", "mean", "max", "min")
 
@@ -189,10 +189,7 @@ def body_length(table: BlobTable, n_animals: int) -> float:
     """
     if len(table) == 0:
         raise ValueError("cannot estimate the body length: no blobs were found; check the thresholds")
-    frames, inverse, counts = np.unique(table.frame, return_inverse=True, return_counts=True)
-    per_blob = counts[inverse]
-    fewest_merges = per_blob[per_blob <= n_animals].max(initial=per_blob.min())
-    rows = per_blob == (n_animals if np.any(per_blob == n_animals) else fewest_merges)
+    rows, _ = solo_frame_rows(table, n_animals)
     w = table.bbox[rows, 2] - table.bbox[rows, 0] - 1
     h = table.bbox[rows, 3] - table.bbox[rows, 1] - 1
     return float(np.median(np.hypot(w, h)))
