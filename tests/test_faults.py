@@ -92,18 +92,22 @@ def _wait_for_segmenting(client: Client, job_id: str) -> None:
     _wait_for_stage(client, job_id, "segment", 0.1, 0.7)
 
 
-def _replace(cluster: LocalCluster, name: str) -> subprocess.Popen:
-    """Start a worker like the dead ``name`` (same flags, so the same image store), logging to the
+def _start_like(cluster: LocalCluster, name: str, new_name: str) -> subprocess.Popen:
+    """Start another worker with the flags of ``name`` (so the same image store), logging to the
     cluster's log; ``cluster.stop()`` ends it. No ``preexec_fn``: the test holds a gRPC channel."""
-    old = cluster.procs[name]
-    assert old.poll() is not None, f"{name} is still running"
-    module_args = old.args[2:]  # [python, -m, module, flags...]
+    module_args = cluster.procs[name].args[2:]  # [python, -m, module, flags...]
     env = {k: v for k, v in os.environ.items() if k != "SHOAL_AUTH_TOKEN"} | {"PYTHONUNBUFFERED": "1"}
     with open(cluster.log_path, "ab") as log:
         proc = subprocess.Popen([sys.executable, "-c", LAUNCHER, *module_args], stdin=subprocess.DEVNULL,
                                 stderr=log, env=env)
-    cluster.procs[f"{name}-replacement"] = proc
+    cluster.procs[new_name] = proc
     return proc
+
+
+def _replace(cluster: LocalCluster, name: str) -> subprocess.Popen:
+    """Start a worker like the dead ``name``."""
+    assert cluster.procs[name].poll() is not None, f"{name} is still running"
+    return _start_like(cluster, name, f"{name}-replacement")
 
 
 def _stored_chunks(cluster: LocalCluster, job_id: str) -> set[int]:
@@ -283,12 +287,7 @@ def test_a_segmenter_started_mid_job_takes_work(video, reference, tmp_path, monk
         client.wait_ready()
         job_id = client.submit(_params(video, frames_per_episode=20), output_dir=str(tmp_path / "b")).job_id
         _wait_for_stage(client, job_id, "segment", 0.0, 0.3)
-        first = cluster.procs["segmenter-0"]
-        env = {k: v for k, v in os.environ.items() if k != "SHOAL_AUTH_TOKEN"} | {"PYTHONUNBUFFERED": "1"}
-        with open(cluster.log_path, "ab") as log:
-            newcomer = subprocess.Popen([sys.executable, "-c", LAUNCHER, *first.args[2:]],
-                                        stdin=subprocess.DEVNULL, stderr=log, env=env)
-        cluster.procs["segmenter-late"] = newcomer  # cluster.stop() ends it
+        newcomer = _start_like(cluster, "segmenter-0", "segmenter-late")
         job = follow(client, job_id, quiet=True)
         client.close()
     assert job.state == pb.SUCCEEDED, job.error
