@@ -52,6 +52,8 @@ class TrackingParams:
     also writes ``overlay.mp4`` and ``individual_videos/`` into the session folder, as ``shoal video``
     does, so a cluster job leaves videos to check by eye. ``video_trail`` (frames; None: 20) and
     ``individual_video_size`` (pixels; None: one body length) are their ``--trail`` and ``--size``.
+    ``allow_missing_animals`` (Shoal's own): run even when no sampled frame shows half of
+    ``number_of_animals`` (animals that hide most of the time); without it the probe stops.
     """
 
     video_paths: list[str] = field(default_factory=list)
@@ -82,6 +84,7 @@ class TrackingParams:
     output_individual_videos: bool = False
     video_trail: int | None = None
     individual_video_size: int | None = None
+    allow_missing_animals: bool = False
 
     def validate(self) -> TrackingParams:
         """Check ranges; raise ParamError naming the first bad field. Returns self."""
@@ -261,7 +264,7 @@ def _coerce(key: str, value: Any) -> Any:
         if key in ("video_paths", "roi_list", "trajectories_formats", "identities_labels"):
             return [str(v) for v in ([value] if isinstance(value, str) else value)]
         if key in ("use_bkg", "track_wo_identities", "exclusive_rois", "check_segmentation", "output_video",
-                   "output_individual_videos"):
+                   "output_individual_videos", "allow_missing_animals"):
             if not isinstance(value, bool):
                 raise TypeError("expected true or false")
             return value
