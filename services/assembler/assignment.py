@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from services.assembler.fragments import Fragment
+from shoal.votes import p1_from_votes
 
 #: Two identities whose P2 differ by less than this (relative) are a tie: the fragment stays unassigned.
 TIE_TOLERANCE = 1e-9
@@ -134,3 +135,50 @@ def estimated_accuracy(fragments: list[Fragment], assignment: Assignment) -> flo
         if f.is_individual and assignment.identity[f.index] >= 0
     )
     return float(score / total)
+
+
+@dataclass
+class _Tracklet:
+    """A chain of fragments that motion says are one animal, as assignment sees a fragment."""
+
+    index: int
+    n_images: int
+    is_individual: bool = True
+
+
+def assign_tracklets(
+    fragments: list[Fragment],
+    votes: np.ndarray,
+    tracklet: np.ndarray,
+    coexistence: list[np.ndarray],
+    n_animals: int,
+) -> Assignment:
+    """Greedy assignment of tracklets (fragments chained by sure motion links), their votes pooled.
+
+    A tracklet's P1 comes from the summed votes of its fragments, so one long, well-voted fragment
+    carries the identity through the short, ambiguous ones that motion ties to it. Two tracklets
+    coexist when any of their fragments do. Every fragment gets its tracklet's identity and P2.
+    """
+    k = len(fragments)
+    individual = np.array([f.is_individual for f in fragments], bool)
+    if k == 0:
+        return Assignment(identity=np.zeros(0, np.int64), p2=np.zeros((0, n_animals)))
+    tracklet = np.where(individual, tracklet, -1)
+    ids, member = np.unique(tracklet[individual], return_inverse=True)
+    t_of = np.full(k, -1, np.int64)
+    t_of[individual] = member
+    m = len(ids)
+    pooled = np.zeros((m, n_animals))
+    np.add.at(pooled, member, np.asarray(votes, np.float64)[individual])
+    sizes = np.bincount(member, weights=[f.n_images for f in fragments if f.is_individual], minlength=m)
+    neighbours: list[set[int]] = [set() for _ in range(m)]
+    for i in np.flatnonzero(individual):
+        neighbours[t_of[i]].update(int(t_of[g]) for g in coexistence[i] if t_of[g] >= 0)
+    pseudo = [_Tracklet(t, int(sizes[t])) for t in range(m)]
+    graph = [np.array(sorted(nb - {t}), np.int64) for t, nb in enumerate(neighbours)]
+    decided = assign_identities(pseudo, p1_from_votes(pooled), graph, n_animals)
+    identity = np.full(k, -1, np.int64)
+    p2_rows = np.zeros((k, n_animals))
+    identity[individual] = decided.identity[member]
+    p2_rows[individual] = decided.p2[member]
+    return Assignment(identity=identity, p2=p2_rows)

@@ -172,6 +172,8 @@ def track_regions(
         warnings=warnings,
         notes=notes,
         timings=timings,
+        estimated_accuracy_apart=_weighted(parts, "estimated_accuracy_apart") if identities else float("nan"),
+        doubtful=any(p.doubtful for _, p in parts),
     )
 
 

@@ -15,16 +15,26 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from services.assembler.assignment import Assignment, assign_identities, estimated_accuracy
+from services.assembler.assignment import Assignment, assign_tracklets
 from services.assembler.crossings import classify_crossings
+from services.assembler.estimate import (
+    Evidence,
+    calibrate_to_motion,
+    doubt,
+    estimated_accuracy,
+    interpolation_success,
+    tracklet_confidence,
+    vote_reliability,
+)
 from services.assembler.fragments import Fragment, build_fragments, coexistence
 from services.assembler.global_fragments import GlobalFragment, find_global_fragments
+from services.assembler.motion import link_fragments, tracklets
 from services.assembler.postprocess import correct_impossible_jumps, interpolate_crossings, velocity_threshold
 from services.assembler.slots import assign_slots, max_blobs_per_frame
 from services.assembler.trajectories import build_trajectories, identity_areas
 from shoal.blobs import BlobTable, blobs_per_frame_of_blob
 from shoal.learning import IdentifierClient, IdentityReply, IdentityRequest, Progress
-from shoal.votes import fragment_votes, p1_from_votes
+from shoal.votes import fragment_votes
 
 
 @dataclass
@@ -38,7 +48,7 @@ class TrackResult:
     n_animals: int
     n_fragments: int
     n_global_fragments: int
-    estimated_accuracy: float | None  # None without identities
+    estimated_accuracy: float | None  # expected share of all animal-frames that are right; None without identities
     silhouette: float
     method: str  # identity route the identifier used, "single animal" or "no identities"
     velocity_threshold: float  # px/frame
@@ -50,6 +60,8 @@ class TrackResult:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     identity_model: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint8))  # shoal.knowledge bytes
     transfer_score: float = float("nan")  # knowledge transfer's matching score
+    estimated_accuracy_apart: float = float("nan")  # the same, over animal-frames with a blob of their own
+    doubtful: bool = False  # the estimate is below estimate.DOUBTFUL_BELOW; a warning says why
 
 
 def track(
@@ -65,6 +77,7 @@ def track(
     progress: Progress | None = None,
     first_frame: int = 0,
     knowledge: np.ndarray | None = None,
+    motion: bool = True,
 ) -> TrackResult:
     """Track the blobs of frames ``[first_frame, first_frame + n_frames)`` of one video.
 
@@ -73,6 +86,7 @@ def track(
     False or there is one animal. With ``identities=False`` and ``n_animals <= 0`` the number of
     slots is the most blobs seen in a frame. ``knowledge``: an earlier session's identity model
     (:mod:`shoal.knowledge` bytes) that identity learning starts from and names identities after.
+    ``motion=False`` assigns identities from appearance alone (idtracker.ai's way), for comparison.
     """
     warnings: list[str] = []
     notes: list[str] = []
@@ -110,10 +124,13 @@ def track(
         )
     threshold = velocity_threshold(fragments, table)
     k = len(fragments)
+    chained = None
     assignment = Assignment(identity=np.full(k, -1, np.int64), p2=np.zeros((k, n_animals)))
     silhouette, ratio_accumulated = float("nan"), float("nan")
     corrected: list[int] = []
     reply = IdentityReply(probabilities=np.zeros((0, n_animals)), method=method)
+    confidence = np.array([float(f.is_individual) for f in fragments])  # P(identity right), per fragment
+    reliability, tau, tau_runs = 1.0, 1.0, 1.0
 
     if not identities:
         route = "no identities"
@@ -128,18 +145,33 @@ def track(
             assignment.p2[individual, 0] = 1.0
     else:
         with stage("Tracking"):
-            reply, route, p1 = _learn_identities(
+            reply, route, votes, image_votes = _learn_identities(
                 fragments, global_fragments, n_animals, identifier, method, seed, progress, warnings, notes,
                 knowledge,
             )
             silhouette, ratio_accumulated = reply.silhouette, reply.ratio_accumulated
         with stage("Fragment identification"):
-            assignment = assign_identities(fragments, p1, neighbours, n_animals)
+            if motion:
+                chained = link_fragments(fragments, blob_fragment, links, table, votes)
+            tracklet = tracklets(chained.next_fragment) if motion else np.arange(k)
+            assignment = assign_tracklets(fragments, votes, tracklet, neighbours, n_animals)
+            if chained is not None:
+                notes.append(f"motion: {chained.n_links} sure links at {chained.n_boundaries} crossings "
+                             f"({chained.n_candidates} fragments entered one)")
         with stage("Impossible jumps correction"):
             identity, corrected = correct_impossible_jumps(
                 fragments, table, assignment.identity, assignment.p2, neighbours, threshold
             )
             assignment = Assignment(identity=identity, p2=assignment.p2)
+            reliability, tau_runs = vote_reliability(image_votes, n_animals)
+            tau = tau_runs
+            # motion alone, whether or not it helped assign: an independent witness of appearance
+            by_motion = link_fragments(fragments, blob_fragment, links, table).next_fragment
+            tau = calibrate_to_motion(by_motion, votes, reliability, tau_runs)
+            confidence = tracklet_confidence(fragments, identity, tracklet, votes, neighbours, reliability, tau)
+            notes.append(f"appearance: {reliability:.1%} of images vote for their fragment's majority; "
+                         f"votes count as 1/{tau:g} of independent ones (vote runs and motion-sure links)")
+
 
     with stage("Trajectories creation"):
         identity = assignment.identity
@@ -150,6 +182,7 @@ def track(
         )
         areas = identity_areas(table, blob_identity, n_frames, n_animals, first_frame)
     n_filled = 0
+    filled = np.zeros((n_frames, n_animals), bool)
     if identities and n_animals > 1:
         with stage("Crossings solver"):
             reach = max(threshold if np.isfinite(threshold) else 0.0, _half_body_length(table, n_animals))
@@ -159,14 +192,27 @@ def track(
             n_filled = int(filled.sum())
 
     accuracy: float | None = None  # slots carry no identity to be right about
+    apart = float("nan")
+    doubtful = None
     if identities:
-        accuracy = estimated_accuracy(fragments, assignment) if n_animals > 1 else 1.0
+        own = np.flatnonzero(blob_identity >= 0)
+        blob_confidence = np.full((n_frames, n_animals), np.nan)
+        blob_confidence[table.frame[own] - first_frame, blob_identity[own]] = confidence[blob_fragment[own]]
+        success = interpolation_success(fragments, table, _half_body_length(table, n_animals))
+        accuracy = estimated_accuracy(blob_confidence, filled, success)
         if np.isfinite(ratio_accumulated) and ratio_accumulated < accuracy:
-            # P2 trusts the network; images that failed the consistency test are not vouched for,
-            # so the estimate never exceeds the share that passed it
+            # images that failed the identifier's consistency test are not vouched for, so the
+            # estimate never exceeds the share that passed it
             notes.append(f"estimated accuracy capped at the accepted share {ratio_accumulated:.3f} "
-                         f"(P2 alone said {accuracy:.3f})")
+                         f"(the evidence alone said {accuracy:.3f})")
             accuracy = float(ratio_accumulated)
+        evidence = Evidence(n_frames, len(global_fragments), silhouette, reliability, tau,
+                            float(np.isfinite(blob_confidence).mean()) if blob_confidence.size else 0.0,
+                            tau > tau_runs)
+        apart = float(np.nanmean(blob_confidence)) if np.isfinite(blob_confidence).any() else float("nan")
+        doubtful = doubt(accuracy, apart, evidence) if n_animals > 1 else None
+        if doubtful:
+            warnings.append(doubtful)
     return TrackResult(
         trajectories=trajectories,
         id_probabilities=id_probabilities,
@@ -189,6 +235,8 @@ def track(
         timings=timings,
         identity_model=np.asarray(reply.model, np.uint8),
         transfer_score=float(reply.transfer_score),
+        estimated_accuracy_apart=apart if identities else float("nan"),
+        doubtful=doubtful is not None,
     )
 
 
@@ -237,14 +285,18 @@ def _learn_identities(
     notes: list[str],
     knowledge: np.ndarray | None = None,
 ) -> tuple[IdentityReply, str, np.ndarray]:
-    """Ask the identifier for per-image probabilities; return (reply, route, P1 [k, N])."""
+    """Ask the identifier for per-image probabilities.
+
+    Returns (reply, route, votes int [k, N] per fragment, each requested fragment's image votes in
+    frame order).
+    """
     request, order = identity_request(fragments, global_fragments, n_animals, method, seed)
     if knowledge is not None:
         request.knowledge = np.asarray(knowledge, np.uint8)
-    p1 = np.full((len(fragments), n_animals), 1.0 / n_animals)
+    votes = np.zeros((len(fragments), n_animals), np.int64)
     if len(order) == 0:
         warnings.append("no animal was ever seen alone: no identities")
-        return IdentityReply(probabilities=np.zeros((0, n_animals)), method=method), method, p1
+        return IdentityReply(probabilities=np.zeros((0, n_animals)), method=method), method, votes, []
     if len(global_fragments) == 0:
         warnings.append("no frame shows every animal apart (no global fragment)")
     reply = identifier.learn_identities(request, progress)
@@ -255,9 +307,9 @@ def _learn_identities(
             f"identifier returned probabilities of shape {probabilities.shape}, "
             f"expected {(len(request.fragment_ids), n_animals)}"
         )
-    counts, _ = fragment_votes(probabilities, request.fragment_offsets)
-    p1[order] = p1_from_votes(counts)
-    return reply, reply.method, p1
+    votes[order], _ = fragment_votes(probabilities, request.fragment_offsets)
+    image_votes = np.split(probabilities.argmax(axis=1), request.fragment_offsets[1:-1])
+    return reply, reply.method, votes, image_votes
 
 
 def _half_body_length(table: BlobTable, n_animals: int) -> float:

@@ -1,0 +1,238 @@
+"""How much of the tracking is right, estimated from evidence the video itself provides.
+
+The estimate is the expected share of *all* animal-frames (N animals × tracked frames) whose
+identity is right, the share a lab measures when it proofreads a clip. Three pieces:
+
+1. **How reliable one image's vote is on this video.** Every image of a fragment shows one animal,
+   so the share of a fragment's images that vote for its majority identity measures the network's
+   per-image accuracy ``a`` here; consecutive images are not independent, and the correlation ρ of
+   consecutive wrong votes says how much: votes are worth ``n/τ`` independent ones, with
+   ``τ = (1 + ρ)/(1 − ρ)`` as for an AR(1) series.
+2. **How sure each assigned tracklet is.** With that confusion model, the log-likelihood of each
+   identity is ``votes × log(a (N−1)/(1−a)) / τ``; its posterior, combined with what coexisting
+   tracklets wear (P2), is the probability that the tracklet's identity is right. Unlike
+   idtracker.ai's base-2 P1, it does not grow certain from many correlated votes of a weak network.
+   Where motion alone is sure two fragments are one animal, the model must find "same animal"
+   likely: τ is raised until it best explains those links, which catches the errors a whole
+   fragment shares (a look-alike), which no count of its own votes can. The estimate errs low
+   where motion, not appearance, carries the identities (tracklets count no motion evidence).
+3. **Frames without an own blob.** Animals interpolated through a crossing are right when the
+   interpolation falls within half a body length of them; the chance for a gap of g frames is
+   measured by interpolating over g held-out frames of the video's own individual fragments.
+   Animal-frames with no position count as wrong.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from services.assembler.assignment import p2
+from services.assembler.fragments import Fragment
+from shoal.blobs import BlobTable
+
+#: per-image accuracy is never taken as perfect: the estimate must stay finite and honest
+MAX_IMAGE_ACCURACY = 0.999
+#: fragments shorter than this say little about the per-image accuracy (their majority is noise)
+MIN_IMAGES_FOR_RELIABILITY = 8
+#: motion-sure links needed before they calibrate the appearance model, and the τ values tried
+MIN_CALIBRATION_LINKS = 3
+TAU_GRID = (1.0, 1.5, 2.0, 3.0, 5.0, 8.0, 13.0, 20.0, 30.0, 50.0, 80.0)
+#: longest gap at which interpolation is tried out on held-out frames
+MAX_MEASURED_GAP = 30
+
+
+def vote_reliability(image_votes: list[np.ndarray], n_animals: int) -> tuple[float, float]:
+    """(a, τ): per-image accuracy and vote correlation length from each fragment's votes in frame order."""
+    long = [v for v in image_votes if len(v) >= MIN_IMAGES_FOR_RELIABILITY]
+    if not long or n_animals < 2:
+        return 1.0 / max(n_animals, 1), 1.0
+    majority = sum(int(np.bincount(v, minlength=n_animals).max()) for v in long)
+    total = sum(len(v) for v in long)
+    a = min(majority / total, MAX_IMAGE_ACCURACY)
+    # correlation of consecutive errors (an image off its fragment's majority): errors that come in
+    # runs are worth fewer independent votes; with no errors at all there is nothing to correlate
+    errors = [v != np.bincount(v, minlength=n_animals).argmax() for v in long]
+    before = np.concatenate([e[:-1] for e in errors]).astype(np.float64)
+    after = np.concatenate([e[1:] for e in errors]).astype(np.float64)
+    rho = 0.0
+    if before.std() > 0 and after.std() > 0:
+        rho = float(np.clip(np.corrcoef(before, after)[0, 1], 0.0, 0.98))
+    return a, (1 + rho) / (1 - rho)
+
+
+def tempered_p1(votes: np.ndarray, a: float, tau: float) -> np.ndarray:
+    """Posterior identity probabilities of each row of vote counts under the symmetric confusion model."""
+    votes = np.asarray(votes, np.float64)
+    n_ids = votes.shape[1]
+    a = float(np.clip(a, 1.0 / n_ids + 1e-6, MAX_IMAGE_ACCURACY))
+    weight = np.log(a * (n_ids - 1) / (1 - a)) / tau
+    log_p = votes * weight
+    log_p -= log_p.max(axis=1, keepdims=True)
+    p = np.exp(log_p)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def calibrate_to_motion(next_fragment: np.ndarray, votes: np.ndarray, a: float, tau: float) -> float:
+    """The vote correlation τ (≥ ``tau``) that best explains the fragments motion alone links.
+
+    Motion and appearance are independent witnesses: where motion alone is sure two fragments are
+    one animal, the appearance model should give "same animal" a high probability. Errors that all
+    images of a fragment share (a look-alike) make two linked fragments vote confidently for
+    different animals, which no count of a fragment's own votes reveals; the τ that maximises the
+    likelihood of the sure links tempers the votes just enough. Unchanged without links.
+    """
+    e = np.flatnonzero(next_fragment >= 0)
+    if len(e) < MIN_CALIBRATION_LINKS:
+        return tau
+    x = next_fragment[e]
+    best, best_tau = -np.inf, tau
+    for candidate in [t for t in TAU_GRID if t >= tau] or [tau]:
+        p1 = tempered_p1(votes, a, candidate)
+        log_same = float(np.mean(np.log(np.clip(np.sum(p1[e] * p1[x], axis=1), 1e-12, None))))
+        if log_same > best + 1e-9:
+            best, best_tau = log_same, candidate
+    return best_tau
+
+
+def tracklet_confidence(
+    fragments: list[Fragment],
+    identity: np.ndarray,
+    tracklet: np.ndarray,
+    votes: np.ndarray,
+    coexistence: list[np.ndarray],
+    a: float,
+    tau: float,
+) -> np.ndarray:
+    """Probability that each fragment's identity is right (0 for crossings and unassigned): float [k]."""
+    k = len(fragments)
+    individual = np.array([f.is_individual for f in fragments], bool)
+    confidence = np.zeros(k)
+    if k == 0 or not individual.any():
+        return confidence
+    n_ids = votes.shape[1]
+    ids, member = np.unique(np.where(individual, tracklet, -1)[individual], return_inverse=True)
+    t_of = np.full(k, -1, np.int64)
+    t_of[individual] = member
+    pooled = np.zeros((len(ids), n_ids))
+    np.add.at(pooled, member, np.asarray(votes, np.float64)[individual])
+    p1 = tempered_p1(pooled, a, tau)
+    neighbours: list[set[int]] = [set() for _ in ids]
+    for i in np.flatnonzero(individual):
+        neighbours[t_of[i]].update(int(t_of[g]) for g in coexistence[i] if t_of[g] >= 0)
+    graph = [np.array(sorted(nb - {t}), np.int64) for t, nb in enumerate(neighbours)]
+    posterior = p2(p1, graph)
+    for i in np.flatnonzero(individual & (identity >= 0)):
+        confidence[i] = posterior[t_of[i], identity[i]]
+    return confidence
+
+
+def interpolation_success(fragments: list[Fragment], table: BlobTable, radius: float,
+                          max_gap: int = MAX_MEASURED_GAP) -> np.ndarray:
+    """Share of positions interpolated across a gap of g frames that land within ``radius``: float [max_gap + 1].
+
+    Measured by holding out g frames inside individual fragments, where the truth is seen, and
+    interpolating linearly between the frames either side, as the crossings solver does. Gaps
+    longer than any fragment allows take the longest measured gap's share (an animal inside a
+    crossing is also held to its blob, so the share falls no further in practice).
+    """
+    success = np.full(max_gap + 1, np.nan)
+    tracks = [table.centroid[f.rows].astype(np.float64) for f in fragments if f.is_individual and f.n_images > 2]
+    for gap in range(1, max_gap + 1):
+        hits = total = 0
+        for p in tracks:
+            if len(p) < gap + 2:
+                continue
+            a, b = p[:-gap - 1], p[gap + 1:]
+            for j in range(1, gap + 1):
+                guess = a + (b - a) * (j / (gap + 1))
+                hits += int(np.sum(np.linalg.norm(guess - p[j:len(p) - gap - 1 + j], axis=1) < radius))
+                total += len(a)
+        if total >= 20:
+            success[gap] = hits / total
+    measured = np.flatnonzero(np.isfinite(success))
+    if len(measured) == 0:
+        return np.zeros(max_gap + 1)
+    success[: measured[0]] = success[measured[0]]
+    success = np.fmin.accumulate(np.where(np.isfinite(success), success, np.inf))  # longer gaps: no easier
+    return np.where(np.isfinite(success), success, success[measured[-1]])
+
+
+def estimated_accuracy(blob_confidence_frames: np.ndarray, filled: np.ndarray, success: np.ndarray) -> float:
+    """Expected share of animal-frames that are right.
+
+    ``blob_confidence_frames``: float [F, N], the confidence of the identity's own blob in that
+    frame, NaN where the identity has no blob; ``filled``: bool [F, N], positions interpolated
+    through crossings (each counts as the identity's mean confidence × the interpolation's success
+    for its gap, :func:`interpolation_success`).
+    """
+    conf = np.asarray(blob_confidence_frames, np.float64)
+    n_frames, n_ids = conf.shape
+    if conf.size == 0:
+        return float("nan")
+    total = np.nansum(conf)
+    for k in range(n_ids):
+        runs = _runs(filled[:, k])
+        if not len(runs):
+            continue
+        own = conf[:, k]
+        mean_conf = float(np.nanmean(own)) if np.isfinite(own).any() else 0.0
+        total += mean_conf * float(np.sum(runs * success[np.minimum(runs, len(success) - 1)]))
+    return float(total / conf.size)
+
+
+def _runs(flags: np.ndarray) -> np.ndarray:
+    """Lengths of the runs of True in a bool vector."""
+    padded = np.concatenate([[0], np.asarray(flags, np.int8), [0]])
+    edges = np.flatnonzero(np.diff(padded))
+    return edges[1::2] - edges[::2]
+
+
+#: below this estimate a run is doubtful and says why
+DOUBTFUL_BELOW = 0.99
+
+
+@dataclass
+class Evidence:
+    """What the estimate rests on, to explain a doubtful run to its user."""
+
+    n_frames: int
+    n_global_fragments: int
+    silhouette: float  # NaN when the route reports none
+    image_accuracy: float  # a: share of images voting for their fragment's majority
+    tau: float  # votes count as 1/τ of independent ones
+    own_blob_share: float  # animal-frames where the identity has a blob of its own
+    motion_raised_tau: bool  # motion-sure links showed appearance errors whole fragments share
+
+
+def doubt(estimate: float, apart: float, evidence: Evidence) -> str | None:
+    """One warning line for a run whose estimate is below ``DOUBTFUL_BELOW``: the reasons and what to try.
+
+    ``apart``: the estimate over animal-frames where each animal has a blob of its own.
+    """
+    if not np.isfinite(estimate) or estimate >= DOUBTFUL_BELOW:
+        return None
+    reasons, tries = [], []
+    if evidence.n_frames < 500:
+        reasons.append(f"a short clip ({evidence.n_frames} frames)")
+        tries.append("track a longer recording of the same animals")
+    if evidence.n_global_fragments < 3:
+        reasons.append(f"few frames show every animal apart ({evidence.n_global_fragments} global fragments)")
+        tries.append("a ROI that excludes walls and debris, or segmentation that separates touching animals")
+    if evidence.image_accuracy < 0.9 or (np.isfinite(evidence.silhouette) and evidence.silhouette < 0.5):
+        reasons.append(f"weak appearance (only {evidence.image_accuracy:.0%} of images vote with their fragment"
+                       + (f", silhouette {evidence.silhouette:.2f}" if np.isfinite(evidence.silhouette) else "")
+                       + ")")
+        tries.append("a higher resolution or larger id_image_size, and less compression")
+    if evidence.motion_raised_tau:
+        reasons.append("motion contradicts appearance at some crossings (look-alike animals)")
+    if evidence.own_blob_share < 0.8:
+        reasons.append(f"animals are apart only {evidence.own_blob_share:.0%} of the time (many or long crossings)")
+        tries.append("thresholds that split touching animals (a higher intensity threshold)")
+    if not reasons:
+        reasons.append("identities of some fragments are uncertain")
+    advice = f"; try {', or '.join(dict.fromkeys(tries))}" if tries else ""
+    where = f" ({apart:.3f} where the animals are apart)" if np.isfinite(apart) else ""
+    return (f"doubtful run: estimated accuracy {estimate:.3f}{where} is below {DOUBTFUL_BELOW}, because of "
+            f"{'; '.join(reasons)}{advice}. Check the doubtful stretches before using the identities")
