@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from services.assembler.assignment import assign_identities, certainty_p2, estimated_accuracy, p2
+from services.assembler.assignment import assign_identities, assign_tracklets, certainty_p2, p2
 from services.assembler.fragments import Fragment, coexistence
 from shoal.votes import certainty, fragment_votes, p1_from_votes
 
@@ -94,9 +94,12 @@ def test_no_two_coexisting_fragments_share_an_identity_on_random_scenes():
     assert np.mean(identity >= 0) > 0.5
 
 
-def test_estimated_accuracy_weighs_each_fragments_p2_by_its_images():
-    fragments = [fragment(0, 0, 10), fragment(1, 20, 50), fragment(2, 60, 70, individual=False)]
-    p1 = np.array([[0.8, 0.2], [0.1, 0.9], [0.5, 0.5]])
-    result = assign_identities(fragments, p1, coexistence(fragments), 2)
-    assert result.identity.tolist() == [0, 1, -1]
-    assert estimated_accuracy(fragments, result) == pytest.approx((0.8 * 10 + 0.9 * 30) / 40)
+def test_a_tracklet_carries_a_well_voted_identity_through_an_ambiguous_fragment():
+    # two animals cross at frame 40; after it, the network votes weakly and wrongly (fragments 2, 3
+    # are animals 0, 1). Alone they swap; chained by motion to 0 and 1 their pooled votes do not.
+    fragments = [fragment(0, 0, 40), fragment(1, 0, 40), fragment(2, 45, 80), fragment(3, 45, 80)]
+    votes = np.array([[30, 2], [2, 30], [1, 3], [3, 1]])
+    alone = assign_tracklets(fragments, votes, np.arange(4), coexistence(fragments), 2)
+    assert alone.identity.tolist() == [0, 1, 1, 0]
+    chained = assign_tracklets(fragments, votes, np.array([0, 1, 0, 1]), coexistence(fragments), 2)
+    assert chained.identity.tolist() == [0, 1, 0, 1]

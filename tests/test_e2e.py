@@ -132,7 +132,8 @@ def test_fish_keep_their_identities_through_crossings(fish4, tmp_path):
     assert scores.idf1 >= 0.97
     assert scores.detection_rate >= 0.99
     estimated = session["statistics"]["estimated_accuracy"]
-    assert estimated <= scores.accuracy + 0.01, "the estimated accuracy must not be optimistic"
+    # the estimate is of all animal-frames, crossings included: never optimistic, not uselessly low
+    assert scores.accuracy_all - 0.05 <= estimated <= scores.accuracy_all + 0.01, (estimated, scores)
     result = np.load(tmp_path / "s" / "trajectories" / "trajectories.npy", allow_pickle=True).item()
     assert result["estimated_accuracy"] == pytest.approx(estimated)
     assert 0 < result["silhouette_score"] <= 1

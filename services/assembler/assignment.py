@@ -124,19 +124,6 @@ def assign_identities(
     return Assignment(identity=identity, p2=decided_p2)
 
 
-def estimated_accuracy(fragments: list[Fragment], assignment: Assignment) -> float:
-    """Σ P2[assigned identity] · n_images over Σ images of individual fragments (notes §5.8)."""
-    total = sum(f.n_images for f in fragments if f.is_individual)
-    if total == 0:
-        return float("nan")
-    score = sum(
-        assignment.p2[f.index, assignment.identity[f.index]] * f.n_images
-        for f in fragments
-        if f.is_individual and assignment.identity[f.index] >= 0
-    )
-    return float(score / total)
-
-
 @dataclass
 class _Tracklet:
     """A chain of fragments that motion says are one animal, as assignment sees a fragment."""
