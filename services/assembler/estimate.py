@@ -9,13 +9,13 @@ identity is right, the share a lab measures when it proofreads a clip. Three pie
    consecutive wrong votes says how much: votes are worth ``n/τ`` independent ones, with
    ``τ = (1 + ρ)/(1 − ρ)`` as for an AR(1) series.
 2. **How sure each assigned tracklet is.** With that confusion model, the log-likelihood of each
-   identity is ``votes × log(a (N−1)/(1−a)) / τ``; its posterior, combined with what coexisting
-   tracklets wear (P2), is the probability that the tracklet's identity is right. Unlike
-   idtracker.ai's base-2 P1, it does not grow certain from many correlated votes of a weak network.
+   network label is ``votes × log(a (N−1)/(1−a)) / τ``. Unlike idtracker.ai's base-2 P1, it does
+   not grow certain from many correlated votes of a weak network. Identities are names mapped to
+   animals once per video, so the tracklet carrying most of an identity's images is its reference,
+   and any other tracklet is right with the posterior chance that it shows the reference's animal.
    Where motion alone is sure two fragments are one animal, the model must find "same animal"
    likely: τ is raised until it best explains those links, which catches the errors a whole
-   fragment shares (a look-alike), which no count of its own votes can. The estimate errs low
-   where motion, not appearance, carries the identities (tracklets count no motion evidence).
+   fragment shares (a look-alike), which no count of its own votes can.
 3. **Frames without an own blob.** Animals interpolated through a crossing are right when the
    interpolation falls within half a body length of them; the chance for a gap of g frames is
    measured by interpolating over g held-out frames of the video's own individual fragments.
@@ -28,7 +28,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from services.assembler.assignment import p2
 from services.assembler.fragments import Fragment
 from shoal.blobs import BlobTable
 
@@ -105,11 +104,21 @@ def tracklet_confidence(
     a: float,
     tau: float,
 ) -> np.ndarray:
-    """Probability that each fragment's identity is right (0 for crossings and unassigned): float [k]."""
+    """Probability that each fragment's identity is right (0 for crossings and unassigned): float [k].
+
+    Identities are names, mapped to animals once for the whole video (by a lab, and by
+    ``shoal evaluate``), so the tracklet that carries the most images of an identity *defines* the
+    animal it names. Any other tracklet of that identity is right when it shows the same animal as
+    that *reference*: under the confusion model its chance is ``Σ_j p_T(j) p_ref(j)``, normalised
+    over the references of every identity it could be (not those it coexists with). A chance
+    below one half counts as 0: the evidence does not back that identity. A reference is itself
+    only as sure as it is another animal than the larger references it never meets.
+    """
     k = len(fragments)
     individual = np.array([f.is_individual for f in fragments], bool)
     confidence = np.zeros(k)
-    if k == 0 or not individual.any():
+    assigned = np.flatnonzero(individual & (identity >= 0))
+    if len(assigned) == 0:
         return confidence
     n_ids = votes.shape[1]
     ids, member = np.unique(np.where(individual, tracklet, -1)[individual], return_inverse=True)
@@ -118,14 +127,46 @@ def tracklet_confidence(
     pooled = np.zeros((len(ids), n_ids))
     np.add.at(pooled, member, np.asarray(votes, np.float64)[individual])
     p1 = tempered_p1(pooled, a, tau)
-    neighbours: list[set[int]] = [set() for _ in ids]
+    coexists: list[set[int]] = [set() for _ in ids]
     for i in np.flatnonzero(individual):
-        neighbours[t_of[i]].update(int(t_of[g]) for g in coexistence[i] if t_of[g] >= 0)
-    graph = [np.array(sorted(nb - {t}), np.int64) for t, nb in enumerate(neighbours)]
-    posterior = p2(p1, graph)
-    for i in np.flatnonzero(individual & (identity >= 0)):
-        confidence[i] = posterior[t_of[i], identity[i]]
+        coexists[t_of[i]].update(int(t_of[g]) for g in coexistence[i] if t_of[g] >= 0)
+    carried = np.zeros((len(ids), n_ids))  # images each tracklet carries under each identity
+    np.add.at(carried, (t_of[assigned], identity[assigned]), [fragments[i].n_images for i in assigned])
+    reference = np.where(carried.max(axis=0) > 0, carried.argmax(axis=0), -1)
+    has_reference = np.flatnonzero(reference >= 0)
+    distinct = _distinct_references(reference, carried, p1, coexists)
+    for i in assigned:
+        t, ident = t_of[i], identity[i]
+        if reference[ident] == t:
+            confidence[i] = distinct[ident]
+            continue
+        candidates = [c for c in has_reference if reference[c] == t or reference[c] not in coexists[t]]
+        same = {c: float(p1[t] @ p1[reference[c]]) for c in candidates}
+        total = sum(same.values())
+        chance = same.get(ident, 0.0) / total if total > 0 else 0.0
+        # an identity the evidence makes less likely than not is no answer to vouch for
+        confidence[i] = chance if chance > 0.5 else 0.0
     return confidence
+
+
+def _distinct_references(reference: np.ndarray, carried: np.ndarray, p1: np.ndarray,
+                          coexists: list[set[int]]) -> np.ndarray:
+    """Chance that each identity's reference is an animal no larger reference already names.
+
+    Two identities cannot name one animal (the mapping is one to one). A reference that coexists
+    with every larger one is surely another animal; otherwise its chance of being its own animal is
+    its self-similarity against its similarity to each larger reference it never meets.
+    """
+    distinct = np.ones(len(reference))
+    size = np.array([carried[t, k] if t >= 0 else 0.0 for k, t in enumerate(reference)])
+    order = [k for k in np.argsort(-size, kind="stable") if reference[k] >= 0]
+    for rank, k in enumerate(order):
+        t = reference[k]
+        larger = [reference[j] for j in order[:rank] if reference[j] != t and reference[j] not in coexists[t]]
+        if larger:
+            own = float(p1[t] @ p1[t])
+            distinct[k] = own / (own + sum(float(p1[t] @ p1[r]) for r in larger))
+    return distinct
 
 
 def interpolation_success(fragments: list[Fragment], table: BlobTable, radius: float,
