@@ -200,9 +200,9 @@ class CaseResult:
     startup_s: float = math.nan  # cluster start -> first job RUNNING
     wall_s: float = math.nan
     stages_s: dict[str, float] = field(default_factory=dict)
-    timers_s: dict[str, float] = field(default_factory=dict)  # session.json `timers`
+    timers_s: dict[str, float] = field(default_factory=dict)  # session.json `timers_seconds`
     statistics: dict = field(default_factory=dict)  # session.json `statistics`
-    probe: dict = field(default_factory=dict)
+    probe: dict = field(default_factory=dict)  # session.json `effective_parameters`
     scores: dict[str, float] = field(default_factory=dict)
     peak_rss_mib: dict[str, float] = field(default_factory=dict)  # per service process
     baseline_wall_s: float = math.nan
@@ -264,8 +264,8 @@ def run_case(case: Case, files: dict[str, Path], work: Path, *, segmenters: int 
             result.gpu_busy = {"job": gpu.busy_fraction(*run.window),
                                "identities": gpu.busy_fraction(*ident) if ident else None}
         info = json.loads((session / "session.json").read_text())
-        result.timers_s, result.statistics = info.get("timers", {}), info.get("statistics", {})
-        result.probe = {k: v for k, v in info.get("probe", {}).items() if k != "background"}
+        result.timers_s, result.statistics = info.get("timers_seconds", {}), info.get("statistics", {})
+        result.probe = info.get("effective_parameters", {})
         result.scores = score(files["ground_truth"], session)
         if baseline:
             base_session = (folder / "baseline").resolve()

@@ -83,7 +83,8 @@ def micro_benchmark(results: list[CaseResult], quick: bool) -> tuple[list[dict],
     """Identifier crops/s at the crop side the first tracked case used; CUDA too when present."""
     import torch
 
-    side = next((int(r.probe["crop_side"]) for r in results if r.probe.get("crop_side")), DEFAULT_CROP_SIDE)
+    side = next((int(r.probe["id_image_size_px"]) for r in results if r.probe.get("id_image_size_px")),
+                DEFAULT_CROP_SIDE)
     threads = torch_threads()
     torch.set_num_threads(threads)
     gpu = torch.cuda.is_available()

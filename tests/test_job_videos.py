@@ -205,7 +205,7 @@ def test_a_local_job_renders_the_videos_and_fetch_points_to_them(tmp_path, capsy
     individual = sorted(p.name for p in (out / "individual_videos").iterdir())
     assert individual == ["individual_1.mp4", "individual_2.mp4", "individual_3.mp4"]
     session = json.loads((out / "session.json").read_text())
-    side = max(8, int(np.ceil(session["probe"]["body_length"] / 2)) * 2)
+    side = max(8, int(np.ceil(session["effective_parameters"]["body_length_px"] / 2)) * 2)
     assert _video_shape(out / "individual_videos" / "individual_1.mp4") == (150, side, side)
     assert session["videos"]["overlay"] == "overlay.mp4"
     assert len(session["videos"]["individual"]) == 3

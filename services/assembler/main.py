@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import shutil
 import signal
 import sys
 import threading
@@ -30,8 +31,17 @@ from shoal.knowledge import MODEL_FILE, read_model
 from shoal.learning import CrossingReply, CrossingRequest, IdentityReply, IdentityRequest, Progress
 from shoal.params import ParamError, TrackingParams
 from shoal.transport import DATA_HWM, ControlChannel, bind, make_socket, recv, send
+from shoal.v1 import INVALID_INPUT
 
-from .outputs import warn_inconsistent_frames, write_session
+from .outputs import (
+    BACKGROUND_FILE,
+    effective_parameters,
+    timer_name,
+    update_session_json,
+    utc_iso,
+    warn_inconsistent_frames,
+    write_session,
+)
 from .overlap import overlap_links
 from .regions import RegionError, animals_per_region, track_regions
 from .track import track
@@ -213,7 +223,7 @@ def assemble(ctx: zmq.Context, job: str, state: JobState, progress: Progress) ->
     table = concat([state.chunks[c] for c in range(state.n_chunks)])
     state.chunks.clear()
     if len(table) == 0:
-        raise JobError("no animals were found in any frame: check intensity_ths, area_ths and the ROI")
+        raise JobError(f"{INVALID_INPUT}no animals were found in any frame: check intensity_ths, area_ths and the ROI")
     links = overlap_links(table)
     n_frames = video["n_frames"]
     blobs_per_frame = np.bincount(table.frame, minlength=n_frames)
@@ -224,7 +234,7 @@ def assemble(ctx: zmq.Context, job: str, state: JobState, progress: Progress) ->
             region_counts = animals_per_region(table, n_frames, int(probe.get("n_regions", 1)),
                                                params.number_of_animals, params.animals_per_roi)
         except RegionError as exc:
-            raise JobError(str(exc)) from None
+            raise JobError(INVALID_INPUT + str(exc)) from None
         n_animals = sum(region_counts)
     warnings: list[str] = []
     inconsistent = np.flatnonzero(blobs_per_frame > n_animals)
@@ -233,14 +243,14 @@ def assemble(ctx: zmq.Context, job: str, state: JobState, progress: Progress) ->
     if len(inconsistent):
         warn_inconsistent_frames(out_dir, inconsistent)  # track() adds the warning itself
         if params.check_segmentation:
-            raise JobError(f"check_segmentation: {len(inconsistent)} frames have more blobs than animals "
-                           f"(listed in {out_dir / 'inconsistent_frames.csv'})")
+            raise JobError(f"{INVALID_INPUT}check_segmentation: {len(inconsistent)} frames have more blobs than "
+                           f"animals (listed in {out_dir / 'inconsistent_frames.csv'})")
     stitch_seconds = time.perf_counter() - t0
     STAGE_SECONDS.labels("stitch").observe(stitch_seconds)
     try:
         knowledge = read_model(params.knowledge_transfer_folder) if params.knowledge_transfer_folder else None
     except ParamError as exc:
-        raise JobError(str(exc)) from None
+        raise JobError(INVALID_INPUT + str(exc)) from None
     identifier = RemoteIdentifier(ctx, lambda: state.spec["identifier"], job, state.n_chunks, state.cancelled)
     try:
         how = dict(identities=not params.track_wo_identities, method=params.method, seed=params.seed,
@@ -262,10 +272,19 @@ def assemble(ctx: zmq.Context, job: str, state: JobState, progress: Progress) ->
         "identification_method": result.method, "velocity_threshold": result.velocity_threshold,
         "frames_with_more_blobs_than_animals": int(len(inconsistent)),
     }
+    statistics["probe_blobs_per_frame_median"] = probe.get("blobs_per_frame_median")
+    timers = {"stitch": stitch_seconds, **{timer_name(stage): s for stage, s in result.timings.items()}}
     session = {
-        "version": __version__, "job_id": job, "parameters": spec["params"], "video": video, "probe": probe,
-        "number_of_animals": n_animals, "timers": {"stitch": stitch_seconds, **result.timings},
-        "statistics": statistics, "warnings": warnings, "notes": result.notes,
+        "shoal_version": __version__, "job_id": job,
+        "started_utc": utc_iso(spec.get("started_unix")), "finished_utc": utc_iso(time.time()),
+        "parameters": spec["params"],
+        "effective_parameters": effective_parameters(spec["params"], probe, n_animals,
+                                                     _keep_background(probe, out_dir)),
+        "video": {k: v for k, v in video.items() if k != "warnings"},
+        "timers_seconds": timers, "statistics": statistics,
+        # one list: the video's, the probe's and the tracking's (the job's videos add theirs)
+        "warnings": list(dict.fromkeys([*video.get("warnings", []), *probe.get("warnings", []), *warnings])),
+        "notes": result.notes,
     }
     groups = {}
     if region_counts is not None:  # identities are 1-based in files, numbered region by region
@@ -288,8 +307,15 @@ def assemble(ctx: zmq.Context, job: str, state: JobState, progress: Progress) ->
         "width": video["width"], "height": video["height"], "video_paths": video["paths"], "session": session,
     }, formats=tuple(params.trajectories_formats))
     progress("write", 1.0, {})
-    warnings += write_job_videos(out_dir, params, result.trajectories, probe["body_length"], video["paths"],
-                                 progress, state.cancelled)
+    if params.output_video or params.output_individual_videos:
+        t_videos = time.perf_counter()
+        warnings += write_job_videos(out_dir, params, result.trajectories, probe["body_length"], video["paths"],
+                                     progress, state.cancelled)
+        try:  # the session folder is complete without these two numbers
+            update_session_json(out_dir, {"finished_utc": utc_iso(time.time()), "timers_seconds": {
+                **timers, "videos": time.perf_counter() - t_videos}})
+        except (OSError, ValueError) as exc:
+            warnings.append(f"session.json lacks the videos' end time: {exc}")
     figures = {"blobs": len(table), "fragments": result.n_fragments, "animals": n_animals,
                "global_fragments": result.n_global_fragments}
     if result.estimated_accuracy is not None and np.isfinite(result.estimated_accuracy):
@@ -297,6 +323,19 @@ def assemble(ctx: zmq.Context, job: str, state: JobState, progress: Progress) ->
     if np.isfinite(result.transfer_score):
         figures["transfer_score"] = result.transfer_score
     return figures, warnings
+
+
+def _keep_background(probe: dict, out_dir: Path) -> str | None:
+    """Copy the probe's background model (in the job's temporary folder) into the session folder;
+    its name there, or None without background subtraction or when it cannot be copied."""
+    if not probe.get("background"):
+        return None
+    try:
+        shutil.copyfile(probe["background"], out_dir / BACKGROUND_FILE)
+    except OSError:
+        logging.getLogger("shoal.assembler").warning("background model %s not kept", probe["background"])
+        return None
+    return BACKGROUND_FILE
 
 
 def _finite_or_none(value: float) -> float | None:

@@ -3,8 +3,8 @@
 Labs have analysis code written for idtracker.ai's output, so the trajectory files use exactly the
 key set, shapes and file layout of idtracker.ai v6 (method notes §7.1-7.3): a pickled dict in
 `trajectories/trajectories.npy`, the same content in `trajectories.h5`, and plain-text tables in
-`trajectories/trajectories_csv/`. `session.json` holds what Shoal adds: parameters, versions,
-timers, statistics and warnings.
+`trajectories/trajectories_csv/`. `session.json` holds what Shoal adds: the parameters asked for and
+those really used, the run's times and Shoal version, timers, statistics and warnings.
 
 Every file is written to a temporary name in its own folder and then renamed over the final name,
 so a crash or a full disk never leaves a half-written trajectories file behind.
@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +28,13 @@ import numpy as np
 import shoal
 
 FORMATS = ("npy", "h5", "csv", "csv_tidy")
+
+#: the background model the job subtracted, kept in the session folder (the job's copy is temporary)
+BACKGROUND_FILE = "background.npy"
+#: every file and folder a Shoal run writes into a session folder (identity model: shoal.knowledge.MODEL_FILE;
+#: videos: shoal.render's overlay and individual-video names); `shoal track --overwrite` removes these only
+SESSION_ENTRIES = ("session.json", "trajectories", "identity_model.npz", "inconsistent_frames.csv", BACKGROUND_FILE,
+                   "overlay.mp4", "overlay.avi", "individual_videos")
 
 REQUIRED_KEYS = ("trajectories", "frames_per_second", "body_length", "width", "height", "video_paths")
 
@@ -320,3 +329,87 @@ def load_session(out_dir: Path) -> dict:
     if not path.exists():
         raise FileNotFoundError(f"no trajectories in {out_dir}: {path} does not exist (job not finished?)")
     return np.load(path, allow_pickle=True).item()
+
+
+#: what Shoal writes inside its folders: a folder of the same name holding anything else is not Shoal's
+_FOLDER_CONTENT = {
+    "trajectories": r"trajectories\.(npy|h5)|trajectories_csv|trajectories_tidy\.csv|attributes_tidy\.json",
+    "individual_videos": r"individual_\d+(_[A-Za-z0-9_.-]+)?\.(mp4|avi)",
+}
+
+
+def _temporary(name: str) -> bool:
+    """A half-written file: `.name.<pid>.tmp` (:func:`_replacing`) or `.stem.<pid>.partial.mp4` (videos)."""
+    return name.startswith(".") and (name.endswith(".tmp") or ".partial." in name)
+
+
+def shoal_entries(folder: Path) -> list[Path]:
+    """What an earlier Shoal run left in `folder`: :data:`SESSION_ENTRIES` and their half-written
+    temporaries (and `identity_model.tmp`). A `trajectories` or `individual_videos` folder holding
+    anything Shoal does not write there is not Shoal's."""
+    stems = {name.split(".")[0] for name in SESSION_ENTRIES}
+    found = []
+    for entry in sorted(Path(folder).iterdir()):
+        name = entry.name
+        if name in _FOLDER_CONTENT and (entry.is_symlink() or not entry.is_dir() or not all(
+                re.fullmatch(_FOLDER_CONTENT[name], p.name) or _temporary(p.name) for p in entry.iterdir())):
+            continue
+        if (name in SESSION_ENTRIES or name == "identity_model.tmp"
+                or _temporary(name) and name[1:].split(".")[0] in stems):
+            found.append(entry)
+    return found
+
+
+def clear_session(folder: Path) -> list[Path]:
+    """Remove what an earlier Shoal run wrote in `folder` (nothing else); returns what was removed."""
+    removed = shoal_entries(folder)
+    for entry in removed:
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    return removed
+
+
+def utc_iso(unix: float | None) -> str | None:
+    """`2026-01-31T12:00:00.123Z`: seconds since the epoch as UTC ISO 8601, for session.json."""
+    if unix is None:
+        return None
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(unix, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def timer_name(stage: str) -> str:
+    """One naming style for session.json's timers: "Crossing detection" -> "crossing_detection"."""
+    return re.sub(r"[^a-z0-9]+", "_", stage.lower()).strip("_")
+
+
+def effective_parameters(params: dict, probe: dict, number_of_animals: int, background_model: str | None) -> dict:
+    """What the job really used, for session.json: the probe's thresholds and sizes (given or chosen
+    from the video), not only what was asked (`params`, a TrackingParams dict; `probe`, the probe's dict).
+
+    With background subtraction a pixel is foreground when it differs from the background model by
+    more than `background_difference_threshold`; without it when its intensity is within `intensity_ths`.
+    """
+    subtracted = probe.get("background") is not None
+    intensity = [float(v) for v in probe["intensity_ths"]]
+    lo, hi = probe["area_ths"]
+    chosen = [name for name in ("intensity_ths", "area_ths", "id_image_size") if params.get(name) is None]
+    effective = {
+        "number_of_animals": int(number_of_animals),
+        "background_subtraction": subtracted,
+        "background_subtraction_stat": params.get("background_subtraction_stat") if subtracted else None,
+        "background_difference_threshold": intensity[0] if subtracted else None,
+        "background_model": background_model,
+        "intensity_ths": intensity,
+        "area_ths": [float(lo), None if hi is None or math.isinf(hi) else float(hi)],
+        "body_length_px": float(probe["body_length"]),
+        "id_image_size_px": int(probe["crop_side"]),
+        "id_image_scale": float(probe["crop_scale"]),
+        "identities": not params.get("track_wo_identities", False),
+        "chosen_from_video": chosen,
+    }
+    if params.get("exclusive_rois"):
+        effective["arenas"] = int(probe.get("n_regions", 1))
+    return effective

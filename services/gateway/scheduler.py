@@ -34,6 +34,7 @@ import zmq
 
 from shoal.codec import Message
 from shoal.transport import HEARTBEAT_S, LIVENESS, bind, make_socket, recv, send
+from shoal.v1 import INVALID_INPUT
 from shoal.video import VideoError, chunk_ranges, probe_video
 
 from . import metrics
@@ -413,7 +414,7 @@ class Scheduler(threading.Thread):
         try:
             info = probe_video(rec.video_paths)
         except VideoError as exc:
-            self.store.update(rec.job_id, state=FAILED, error=str(exc))
+            self.store.update(rec.job_id, state=FAILED, error=INVALID_INPUT + str(exc))
             return
         params = rec.params
         chunks = chunk_ranges(info, params.get("frames_per_episode") or 500, params.get("tracking_intervals"))
@@ -561,8 +562,8 @@ class Scheduler(threading.Thread):
         if task is None:
             return
         task.worker = None
-        if body.get("fatal"):
-            self._end(task.job_id, FAILED, body.get("error", "task failed"))
+        if body.get("fatal"):  # the video or parameters cannot work: no retry, and the user must change them
+            self._end(task.job_id, FAILED, INVALID_INPUT + body.get("error", "task failed"))
         elif body.get("released"):  # given back untouched: first in line, and not a failure
             task.released += 1
             self.pending.appendleft(task)
@@ -592,6 +593,7 @@ class Scheduler(threading.Thread):
         self._send(run.assembler, Message("assemble", {
             "job": rec.job_id, "params": rec.params, "plan": rec.plan, "output_dir": rec.output_dir,
             "identifier": self.workers[run.identifier].info["requests"],
+            "started_unix": time.time() - (time.monotonic() - run.started),  # session.json's start time
         }))
 
     def _progress(self, job_id: str, stage: str, done: float, total: float, figures: dict) -> None:
