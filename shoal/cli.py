@@ -1,11 +1,9 @@
-"""The ``shoal`` command.
+"""The ``shoal`` command: identity-preserving tracking of many unmarked animals in lab videos.
 
 ``shoal track`` and ``shoal demo`` run everything locally (the services as child processes on
 loopback); ``shoal serve`` keeps such a set running; ``submit``/``watch``/``jobs``/``cancel``/
 ``fetch`` talk to any gateway; ``simulate`` and ``evaluate`` make and score test videos.
-Errors never show a traceback. Input to change (a flag, a video, a job id, the token: also when
-the gateway refuses it) prints one line and exits with 2; a job that did not succeed, or a gateway
-that cannot be reached or is out of capacity, prints one line and exits with 1.
+Errors never show a traceback: see :data:`EXIT_CODES`.
 """
 
 from __future__ import annotations
@@ -13,6 +11,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -22,28 +21,67 @@ from pathlib import Path
 import grpc
 
 from shoal.params import DEFAULT_VIDEO_TRAIL, MIN_INDIVIDUAL_VIDEO_SIZE, ParamError, TrackingParams
+from shoal.v1 import INVALID_INPUT
 
 EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
+#: what ``shoal --help``, the README and docs/api.md say; every error is one line, never a traceback
+EXIT_CODES = """exit codes:
+  0    done
+  2    change the command: a flag or parameter out of range, a video that is missing or damaged,
+       thresholds that find no animals in the video, a session folder that is not empty or not
+       writable, a port in use, an unknown job id, a missing or wrong token
+  1    the job failed for another reason (a service crashed), or the gateway cannot be reached or
+       is out of capacity
+  130  interrupted (Ctrl-C)"""
+SERVE_ADDRESS, SERVE_PORT = "127.0.0.1", 50051
 #: gateway answers that mean the command itself must change (its input, id or token): exit 2, not 1
 USAGE_CODES = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED,
                grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNAUTHENTICATED)
-DEFAULT_GATEWAY = os.environ.get("SHOAL_GATEWAY", "127.0.0.1:50051")
+DEFAULT_GATEWAY = os.environ.get("SHOAL_GATEWAY", f"{SERVE_ADDRESS}:{SERVE_PORT}")
 
 
 class UsageError(Exception):
-    pass
+    """The command must change; the message says what (exit 2)."""
+
+
+class Failed(Exception):
+    """The command could not do its work for a reason other than its input (exit 1)."""
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Every flag's help ends with its default: ``(default: X)`` added unless the help already says
+    it (flags without a value default to off; flags whose default is None explain it themselves).
+    Descriptions are wrapped; text with indented lines (the exit codes) is kept as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n " in text:
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (not action.option_strings or action.required or action.default is argparse.SUPPRESS
+                or "default" in text):
+            return text
+        if action.nargs == 0:
+            return f"{text} (default: off)"
+        return f"{text} (default: %(default)s)"
 
 
 def _add_tracking_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("tracking parameters (idtracker.ai names in --params files)")
-    g.add_argument("--params", metavar="FILE.toml", help="idtracker.ai-style parameter file; flags override it")
-    g.add_argument("--animals", type=int, help="number of animals (number_of_animals)")
+    g.add_argument("--params", metavar="FILE.toml",
+                   help="idtracker.ai-style parameter file; flags override it (default: none)")
+    g.add_argument("--animals", type=int, help="number of animals (number_of_animals; default: none, required "
+                                                "unless --no-identities, which then takes the most blobs in a frame)")
     g.add_argument("--intensity", type=float, nargs=2, metavar=("LO", "HI"),
                    help="foreground intensity range; with --bkg, LO is the difference threshold "
                         "(default: chosen from the video)")
-    g.add_argument("--area", type=float, nargs=2, metavar=("MIN", "MAX"), help="blob area range in pixels")
+    g.add_argument("--area", type=float, nargs=2, metavar=("MIN", "MAX"),
+                   help="blob area range in pixels (default: minimum chosen from the video, no maximum)")
     g.add_argument("--roi", action="append", metavar="SHAPE",
-                   help='region of interest, e.g. "+ Polygon [[0,0],[500,0],[500,500]]"; repeatable')
+                   help='region of interest, e.g. "+ Polygon [[0,0],[500,0],[500,500]]"; repeatable '
+                        "(default: the whole frame)")
     g.add_argument("--exclusive-rois", action="store_true",
                    help="each separate region of the ROI is its own arena; identities are numbered "
                         "region by region (exclusive_rois)")
@@ -52,17 +90,20 @@ def _add_tracking_flags(p: argparse.ArgumentParser) -> None:
                         "(default: read from frames showing all animals apart)")
     g.add_argument("--knowledge-from", metavar="SESSION",
                    help="start identity learning from an earlier session's identity model and number the "
-                        "identities as it did (knowledge_transfer_folder; same animals, same image size)")
+                        "identities as it did (knowledge_transfer_folder; same animals, same image size; "
+                        "default: learn from scratch)")
     g.add_argument("--id-image-size", type=int, metavar="PX",
                    help="side of the identification images (id_image_size; default: from the body length). "
                         "Give the earlier session's size to reuse its model with --knowledge-from")
     g.add_argument("--bkg", action="store_true", help="background subtraction (use_bkg)")
     g.add_argument("--intervals", type=int, nargs="+", metavar="F",
-                   help="tracking intervals as start end [start end ...] (end exclusive)")
+                   help="tracking intervals as start end [start end ...] (end exclusive; default: every frame)")
     g.add_argument("--no-identities", action="store_true", help="track without identities (track_wo_identities)")
-    g.add_argument("--method", choices=["contrastive", "accumulation"], help="identity learning route")
-    g.add_argument("--seed", type=int, help="random seed (same seed, same CPU result)")
-    g.add_argument("--formats", nargs="+", help="trajectories_formats: npy h5 csv csv_tidy")
+    g.add_argument("--method", choices=["contrastive", "accumulation"],
+                   help=f"identity learning route (default: {TrackingParams.method})")
+    g.add_argument("--seed", type=int, help=f"random seed; same seed, same CPU result (default: {TrackingParams.seed})")
+    g.add_argument("--formats", nargs="+", metavar="FORMAT",
+                   help="trajectories_formats: npy h5 csv csv_tidy (default: npy h5 csv)")
     g.add_argument("--video", action="store_true",
                    help="also write the overlay video SESSION/overlay.mp4, as shoal video does (output_video)")
     g.add_argument("--individual-videos", action="store_true",
@@ -128,28 +169,74 @@ def _check_locally(params: TrackingParams) -> None:
             raise UsageError(f"tracking interval [{start}, {end}) ends after the video's {info.n_frames} frames")
 
 
+def prepare_session_folder(out: Path, overwrite: bool) -> bool:
+    """Check the session folder before any service starts, so a run never fails at its end for it:
+    it must be a writable folder, empty unless ``overwrite``, which first removes what an earlier
+    Shoal run wrote there (Shoal's own files only). Returns whether the folder was created here."""
+    from services.assembler.outputs import clear_session
+
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"the session folder {out} is a file; choose another --out")
+    try:
+        busy = out.is_dir() and any(out.iterdir())
+    except OSError as exc:
+        raise UsageError(f"cannot read the session folder {out}: {exc.strerror}; choose another --out") from None
+    if busy and not overwrite:
+        raise UsageError(f"the session folder {out} is not empty; give --overwrite to replace the earlier session "
+                         "there, or choose another --out")
+    created = not out.exists()
+    existing = out if not created else next((p for p in out.parents if p.exists()), Path("/"))
+    if not existing.is_dir():
+        raise UsageError(f"cannot write the session folder {out}: {existing} is a file; choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+        if overwrite:
+            clear_session(out)
+    except OSError as exc:
+        what = "new folders" if created else "new files"
+        raise UsageError(f"cannot write the session folder {out}: {existing} does not take {what} ({exc.strerror}); "
+                         "choose another --out") from None
+    return created
+
+
+def _drop_if_empty(folder: Path) -> None:
+    """Remove a session folder this command created when the run left nothing in it."""
+    try:
+        folder.rmdir()
+    except OSError:
+        pass  # not empty (or already gone): keep what is there
+
+
 def cmd_track(args: argparse.Namespace) -> int:
     params = build_params(args, args.videos)
     _check_locally(params)
     first = Path(params.video_paths[0])
     out = Path(args.out).resolve() if args.out else first.parent / f"session_{first.stem}"
-    job = run_local(params, out, args.segmenters, quiet=args.quiet)
-    return report(job, out)
+    created = prepare_session_folder(out, args.overwrite)
+    status = EXIT_INTERRUPTED
+    try:
+        job, logs = run_local(params, out, args.segmenters, quiet=args.quiet, keep_logs=args.keep_logs)
+        status = report(job, out, logs)
+    finally:
+        if created and status:
+            _drop_if_empty(out)
+    return status
 
 
-def run_local(params: TrackingParams, out: Path, segmenters: int | None, quiet: bool = False):
-    """Start the services, run one job through the gateway, stop everything. Returns the final Job."""
+def run_local(params: TrackingParams, out: Path, segmenters: int | None, quiet: bool = False,
+              keep_logs: bool = False) -> tuple:
+    """Start the services, run one job through the gateway, stop everything. Returns the final Job and
+    the service log if it was kept (``keep_logs``); otherwise the services' work folder is removed."""
     from shoal.client import Client, follow
-    from shoal.local import LocalCluster
+    from shoal.local import LocalCluster, StartError
 
     work = Path(tempfile.mkdtemp(prefix="shoal-local-"))
     cluster = LocalCluster(Path("/"), work, segmenters)
-    interrupted = False
-    job = None
+    kept = cluster.log_path if keep_logs else None
 
     def on_sigint(*_):
-        nonlocal interrupted
-        interrupted = True
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGINT, on_sigint)
@@ -157,42 +244,58 @@ def run_local(params: TrackingParams, out: Path, segmenters: int | None, quiet: 
     try:
         cluster.start()
         if not quiet:
-            print(f"shoal: services started ({cluster.segmenters} segmenter(s), 1 identifier, 1 assembler; "
-                  f"logs in {cluster.log_path})", file=sys.stderr)
+            print(f"shoal: services started ({cluster.segmenters} segmenter(s), 1 identifier, 1 assembler)",
+                  file=sys.stderr)
         client = Client(cluster.grpc_address)
         client.wait_ready()
         job = client.submit(params, output_dir=str(out))
-        job = follow(client, job.job_id, quiet=quiet)
+
+        def services_alive() -> None:  # nothing restarts a local service: its job would wait forever
+            dead = [name for name, ok in cluster.alive().items() if not ok]
+            if dead:
+                raise Failed(f"the {', '.join(dead)} service exited during the job{_log_note(kept)}")
+
+        job = follow(client, job.job_id, quiet=quiet, check=services_alive)
         client.close()
-        return job
+        return job, kept
+    except StartError as exc:
+        raise Failed(f"the services did not start: {exc}{_log_note(kept)}") from None
     except KeyboardInterrupt:
-        print("\nshoal: interrupted; stopping the services", file=sys.stderr)
+        print(f"\nshoal: interrupted; services stopped{_log_note(kept)}", file=sys.stderr)
         raise
     finally:
         cluster.stop()
         signal.signal(signal.SIGINT, previous)
-        from shoal.v1 import jobs_pb2 as pb
-
-        if job is not None and job.state == pb.SUCCEEDED:
-            _cleanup(work)
-        else:
-            print(f"shoal: service logs kept in {cluster.log_path}", file=sys.stderr)
+        if kept is None:
+            shutil.rmtree(work, ignore_errors=True)
 
 
-def _cleanup(work: Path) -> None:
-    import shutil
-
-    shutil.rmtree(work, ignore_errors=True)
+def _log_note(kept: Path | None) -> str:
+    return f" (service logs kept in {kept})" if kept else " (rerun with --keep-logs to keep the service logs)"
 
 
-def report(job, out: Path) -> int:
+def job_exit_code(job) -> int:
+    """0 for a job that succeeded; 2 when its input must change (its error starts with
+    :data:`shoal.v1.INVALID_INPUT`); 1 when it failed or was cancelled for another reason."""
+    from shoal.v1 import jobs_pb2 as pb
+
+    if job.state == pb.SUCCEEDED:
+        return 0
+    return EXIT_USAGE if job.state == pb.FAILED and job.error.startswith(INVALID_INPUT) else EXIT_FAILED
+
+
+def report(job, out: Path, logs: Path | None = None) -> int:
+    """Print how a local job ended: one line if it failed (with where the kept logs are, or how to keep
+    them when they would help), else its figures and the session folder."""
     from shoal.v1 import jobs_pb2 as pb
 
     for w in job.warnings:
         print(f"warning: {w}", file=sys.stderr)
-    if job.state != pb.SUCCEEDED:
-        print(f"shoal: job {pb.JobState.Name(job.state).lower()}: {job.error}", file=sys.stderr)
-        return EXIT_FAILED
+    status = job_exit_code(job)
+    if status:
+        note = _log_note(logs) if logs or status == EXIT_FAILED else ""
+        print(f"shoal: job {pb.JobState.Name(job.state).lower()}: {job.error}{note}", file=sys.stderr)
+        return status
     f = dict(job.figures)
     acc = f.get("estimated_accuracy")
     print(f"tracked {int(f.get('frames', 0))} frames: {int(f.get('animals', 0))} animals, "
@@ -203,6 +306,8 @@ def report(job, out: Path) -> int:
               f"(matching score {f['transfer_score']:.4f})")
     print(f"session folder: {out}")
     _print_videos(out)
+    if logs:
+        print(f"service logs kept in {logs}", file=sys.stderr)
     return 0
 
 
@@ -225,17 +330,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from shoal.simulate import SimulationConfig, write_simulation
 
     out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    session = out / "session"
+    prepare_session_folder(session, overwrite=True)  # the demo's own folder: an earlier demo is replaced
     config = SimulationConfig(n_animals=args.animals, n_frames=args.frames, preset=args.preset, seed=args.seed)
     print(f"shoal demo: simulating {args.animals} {args.preset} x {args.frames} frames (seed {args.seed})")
     files = write_simulation(config, out / "video")
     params = TrackingParams(video_paths=[str(files["video"])], number_of_animals=args.animals, seed=args.seed,
                             track_wo_identities=args.no_identities).validate()
-    session = out / "session"
     t0 = time.perf_counter()
-    job = run_local(params, session, args.segmenters)
+    job, logs = run_local(params, session, args.segmenters, keep_logs=args.keep_logs)
     wall = time.perf_counter() - t0
-    status = report(job, session)
+    status = report(job, session, logs)
     if status:
         return status
     import numpy as np
@@ -251,17 +356,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from shoal.local import LocalCluster
+    from shoal.local import LocalCluster, StartError
 
     data = Path(args.data_root).resolve()
     if not data.is_dir():
         raise UsageError(f"data root {data} is not a directory")
-    cluster = LocalCluster(data, data / ".shoal", args.segmenters)
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"--port must be between 0 and 65535, got {args.port}")
+    host = f"[{args.address}]" if ":" in args.address and not args.address.startswith("[") else args.address
+    cluster = LocalCluster(data, data / ".shoal", args.segmenters, grpc_address=f"{host}:{args.port}")
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     try:
-        cluster.start()
-        print(f"shoal serve: gateway on {cluster.grpc_address} (data root {data}); Ctrl-C stops", flush=True)
+        try:
+            cluster.start()
+        except StartError as exc:
+            if not exc.refused:
+                raise Failed(str(exc)) from None
+            hint = "; choose another --port or --address" if str(exc).startswith("cannot listen") else ""
+            raise UsageError(f"{exc}{hint}") from None
+        print(f"shoal serve: gateway on {cluster.grpc_address} (data root {data}; logs in {cluster.log_path}); "
+              "Ctrl-C stops", flush=True)
         while not stop:
             dead = [n for n, ok in cluster.alive().items() if not ok]
             if dead:
@@ -294,15 +409,15 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def _finished(job) -> int:
-    """Print how a followed job ended; exit 1 unless it succeeded, so scripts can tell."""
+    """Print how a followed job ended; exit 2 or 1 unless it succeeded (:func:`job_exit_code`), so scripts can tell."""
     from shoal.client import format_job
     from shoal.v1 import jobs_pb2 as pb
 
     print(format_job(job))
-    if job.state != pb.SUCCEEDED:
+    status = job_exit_code(job)
+    if status:
         print(f"shoal: job {pb.JobState.Name(job.state).lower()}: {job.error}", file=sys.stderr)
-        return EXIT_FAILED
-    return 0
+    return status
 
 
 def _client(args: argparse.Namespace):
@@ -341,14 +456,16 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 def cmd_fetch(args: argparse.Namespace) -> int:
     from shoal.client import write_result
 
+    out = Path(args.out).resolve()
     client = _client(args)
-    result = client.result(args.job)
+    result = client.result(args.job)  # an unknown or unfinished job first: it leaves no folder behind
+    prepare_session_folder(out, args.overwrite)
     videos = result["session"].get("videos") or {}
     try:
-        written = write_result(result, Path(args.out))
+        written = write_result(result, out)
     except OSError as exc:
-        raise UsageError(f"cannot write the session folder {args.out}: {exc.strerror or exc}") from None
-    print(f"session folder: {Path(args.out).resolve()} ({', '.join(sorted(written))})")
+        raise UsageError(f"cannot write the session folder {out}: {exc.strerror or exc}") from None
+    print(f"session folder: {out} ({', '.join(sorted(written))})")
     remote = [*([videos["overlay"]] if videos.get("overlay") else []), *(videos.get("individual") or [])]
     if remote:  # GetResult carries arrays and session.json, not video files
         folder = Path(client.get(args.job).output_dir)
@@ -395,88 +512,120 @@ def cmd_video(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="shoal", description=__doc__.split("\n\n")[0])
-    sub = p.add_subparsers(dest="command", required=True)
+    p = argparse.ArgumentParser(
+        prog="shoal", formatter_class=HelpFormatter, epilog=f"Each command has its own --help.\n\n{EXIT_CODES}",
+        description="Identity-preserving tracking of many unmarked animals in lab videos: track them here, or "
+                    "send jobs to a Shoal gateway.")
+    sub = p.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND")
 
-    t = sub.add_parser("track", help="track videos locally (starts the services itself)")
+    def command(name: str, help_: str, **kwargs) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_, description=kwargs.pop("description", help_[0].upper() + help_[1:]),
+                              epilog=EXIT_CODES, formatter_class=HelpFormatter, **kwargs)
+
+    t = command("track", "track videos here (starts the services itself)")
     t.add_argument("videos", nargs="+", help="video file(s); several files form one session")
     t.add_argument("--out", help="session folder (default: session_<video name> beside the video)")
+    t.add_argument("--overwrite", action="store_true",
+                   help="write into a session folder that is not empty, first removing what an earlier Shoal run "
+                        "wrote there (other files stay)")
     t.add_argument("--segmenters", type=int, help="segmenter processes (default: cores - 1)")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.add_argument("--keep-logs", action="store_true",
+                   help="keep the services' work folder and log (in the temporary folder) after the run; without "
+                        "it they are removed, even when the run fails")
     _add_tracking_flags(t)
     t.set_defaults(func=cmd_track)
 
-    d = sub.add_parser("demo", help="simulate a short video, track it locally, score it against the truth")
+    d = command("demo", "simulate a video, track it, score it against the truth",
+                description="Simulate a short video with ground truth (OUT/video), track it here (OUT/session; an "
+                            "earlier demo there is replaced) and score the identities against the truth.")
     d.add_argument("--out", default="shoal-demo", help="folder for the video, truth and session")
-    d.add_argument("--animals", type=int, default=4)
-    d.add_argument("--frames", type=int, default=600)
-    d.add_argument("--preset", default="fish", choices=["fish", "flies", "mice"])
-    d.add_argument("--seed", type=int, default=1)
-    d.add_argument("--segmenters", type=int)
-    d.add_argument("--no-identities", action="store_true")
+    d.add_argument("--animals", type=int, default=4, help="number of animals")
+    d.add_argument("--frames", type=int, default=600, help="number of frames")
+    d.add_argument("--preset", default="fish", choices=["fish", "flies", "mice"], help="kind of animal")
+    d.add_argument("--seed", type=int, default=1, help="seed of the simulation and of the tracking")
+    d.add_argument("--segmenters", type=int, help="segmenter processes (default: cores - 1)")
+    d.add_argument("--no-identities", action="store_true", help="track without identities")
+    d.add_argument("--keep-logs", action="store_true", help="keep the services' work folder and log after the run")
     d.set_defaults(func=cmd_demo)
 
-    s = sub.add_parser("serve", help="run a local gateway and workers until Ctrl-C")
-    s.add_argument("--data-root", default=".", help="jobs may read and write only under this folder")
-    s.add_argument("--segmenters", type=int)
+    s = command("serve", "run a gateway and workers here until Ctrl-C",
+                description="Run a gateway and its workers on this machine until Ctrl-C, for submit, watch, jobs, "
+                            "cancel and fetch (their --gateway default is this one's address).")
+    s.add_argument("--data-root", default=".", help="jobs may read and write only under this folder; the gateway's "
+                                                    "work folder is DATA_ROOT/.shoal")
+    s.add_argument("--address", default=SERVE_ADDRESS,
+                   help="address the gateway listens on (0.0.0.0: every interface, with neither token nor TLS: "
+                        "a trusted network only)")
+    s.add_argument("--port", type=int, default=SERVE_PORT, help="gRPC port (0: any free port, printed)")
+    s.add_argument("--segmenters", type=int, help="segmenter processes (default: cores - 1)")
     s.set_defaults(func=cmd_serve)
 
-    sb = sub.add_parser("submit", help="submit a job to a gateway; prints its id")
+    sb = command("submit", "submit a job to a gateway; prints its id")
     sb.add_argument("videos", nargs="+", help="videos: a path that exists here is sent absolute; any other "
                                               "is read by the gateway relative to its data root")
-    sb.add_argument("--out", help="session folder on the gateway's data volume")
-    sb.add_argument("--name")
+    sb.add_argument("--out", help="session folder on the gateway's data volume (default: the gateway's "
+                                  "DATA_ROOT/sessions/<job id>)")
+    sb.add_argument("--name", default="", help="a label shown by shoal jobs")
     sb.add_argument("--watch", action="store_true", help="then follow it to the end")
+    sb.add_argument("--upload", action="store_true",
+                    help="send the local video files to the gateway (up to its upload limit) instead of paths")
     _add_tracking_flags(sb)
     sb.set_defaults(func=cmd_submit)
 
-    for name, func, help_ in (("watch", cmd_watch, "follow a job's progress"),
-                              ("cancel", cmd_cancel, "cancel a job")):
-        c = sub.add_parser(name, help=help_)
-        c.add_argument("job")
-        c.set_defaults(func=func)
-    j = sub.add_parser("jobs", help="list jobs")
-    j.add_argument("--state", choices=["queued", "running", "succeeded", "failed", "cancelled"])
+    w = command("watch", "follow a job's progress to its end")
+    c = command("cancel", "cancel a job")
+    for each, func in ((w, cmd_watch), (c, cmd_cancel)):
+        each.add_argument("job", help="job id (shoal jobs lists them)")
+        each.set_defaults(func=func)
+    j = command("jobs", "list a gateway's jobs")
+    j.add_argument("--state", choices=["queued", "running", "succeeded", "failed", "cancelled"],
+                   help="only jobs in this state (default: all)")
     j.set_defaults(func=cmd_jobs)
-    f = sub.add_parser("fetch", help="write a finished job's session folder locally")
-    f.add_argument("job")
-    f.add_argument("--out", required=True)
+    f = command("fetch", "write a finished job's session folder here")
+    f.add_argument("job", help="job id (shoal jobs lists them)")
+    f.add_argument("--out", required=True, help="local session folder to write")
+    f.add_argument("--overwrite", action="store_true",
+                   help="write into a folder that is not empty, first removing an earlier session there")
     f.set_defaults(func=cmd_fetch)
-    sb.add_argument("--upload", action="store_true",
-                    help="send the local video files to the gateway (up to its upload limit) instead of paths")
-    for c in (sb, sub.choices["watch"], sub.choices["cancel"], j, f):
-        c.add_argument("--gateway", default=DEFAULT_GATEWAY, help="gateway address host:port [SHOAL_GATEWAY]")
-        c.add_argument("--token", default=os.environ.get("SHOAL_TOKEN"),
-                       help="bearer token the gateway requires [SHOAL_TOKEN; prefer it to the flag, which ps shows]")
-        c.add_argument("--ca", default=os.environ.get("SHOAL_CA"), metavar="PEM",
-                       help="talk TLS; the gateway's certificate must chain to this CA file [SHOAL_CA]")
-        c.add_argument("--tls", action="store_true", help="talk TLS, trusting the system's CAs")
-        c.add_argument("--cert", default=os.environ.get("SHOAL_CERT"), metavar="PEM",
-                       help="client certificate, for a gateway that requires one (mutual TLS) [SHOAL_CERT]")
-        c.add_argument("--key", default=os.environ.get("SHOAL_KEY"), metavar="PEM",
-                       help="private key of --cert [SHOAL_KEY]")
+    for each in (sb, w, c, j, f):
+        each.add_argument("--gateway", default=DEFAULT_GATEWAY, help="gateway address host:port [SHOAL_GATEWAY]")
+        each.add_argument("--token", default=os.environ.get("SHOAL_TOKEN"),
+                          help="bearer token the gateway requires [SHOAL_TOKEN; prefer it to the flag, which ps "
+                               "shows] (default: none)")
+        each.add_argument("--ca", default=os.environ.get("SHOAL_CA"), metavar="PEM",
+                          help="talk TLS; the gateway's certificate must chain to this CA file [SHOAL_CA] "
+                               "(default: plaintext)")
+        each.add_argument("--tls", action="store_true", help="talk TLS, trusting the system's CAs")
+        each.add_argument("--cert", default=os.environ.get("SHOAL_CERT"), metavar="PEM",
+                          help="client certificate, for a gateway that requires one (mutual TLS) [SHOAL_CERT] "
+                               "(default: none)")
+        each.add_argument("--key", default=os.environ.get("SHOAL_KEY"), metavar="PEM",
+                          help="private key of --cert [SHOAL_KEY] (default: none)")
 
-    v = sub.add_parser(
-        "video", help="overlay video (identity labels and trails) or animal-centred videos of a session",
+    v = command(
+        "video", "draw identities on the video, or animal-centred videos",
         description="Draw a session's result on its original frames: a dot, label and trail in one colour per "
                     "identity (SESSION/overlay.mp4), or with --individual one video per identity centred on "
                     "the animal (SESSION/individual_videos/). Videos are MPEG-4 Part 2 (mp4v) in .mp4: small, "
                     "lossy, plays in common players; with --lossless FFV1 in .avi: exact pixels, larger, "
                     "plays in VLC or ffmpeg.")
     v.add_argument("session", help="session folder written by shoal track")
-    v.add_argument("--trail", type=int, metavar="FRAMES", help="trail length in frames (default 20; 0: none)")
+    v.add_argument("--trail", type=int, metavar="FRAMES",
+                   help=f"trail length in frames (default {DEFAULT_VIDEO_TRAIL}; 0: none)")
     v.add_argument("--start", type=int, metavar="F", help="first frame (default 0)")
     v.add_argument("--end", type=int, metavar="F", help="frame after the last one (default: end of session)")
     v.add_argument("--individual", action="store_true", help="one animal-centred grey video per identity")
     v.add_argument("--size", type=int, metavar="PX",
                    help="side of the individual videos in pixels (default: the session's body length, made even)")
     v.add_argument("--out", metavar="PATH", help="overlay video file (*.mp4, or *.avi with --lossless), or the "
-                                                 "folder of the individual videos")
+                                                 "folder of the individual videos (default: in the session folder)")
     v.add_argument("--lossless", action="store_true", help="FFV1 in .avi instead of mp4v in .mp4")
     v.set_defaults(func=cmd_video)
 
-    for name, module in (("simulate", "shoal.simulate"), ("evaluate", "shoal.evaluate")):
-        sub.add_parser(name, help=f"see shoal {name} --help", add_help=False).set_defaults(module=module)
+    # their own parsers (shoal simulate --help); main() hands them the rest of the command line
+    command("simulate", "synthetic videos of look-alike animals with ground truth", add_help=False)
+    command("evaluate", "score trajectories against a simulation's ground truth", add_help=False)
     return p
 
 
@@ -504,6 +653,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ParamError, UsageError) as exc:
         print(f"shoal: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except Failed as exc:
+        print(f"shoal: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except grpc.RpcError as exc:
         code, line = rpc_error_line(exc, getattr(args, "gateway", ""))
         print(f"shoal: {line}", file=sys.stderr)

@@ -7,11 +7,12 @@ import math
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
 import numpy as np
+from tqdm import tqdm
 
 from shoal.params import TrackingParams
 from shoal.v1 import jobs_pb2 as pb
@@ -118,8 +119,8 @@ class Client:
                 return
             token = page.next_page_token
 
-    def watch(self, job_id: str) -> Iterator[pb.JobEvent]:
-        return self.stub.WatchJob(pb.JobRef(job_id=job_id), metadata=self.metadata)
+    def watch(self, job_id: str, timeout: float | None = None) -> Iterator[pb.JobEvent]:
+        return self.stub.WatchJob(pb.JobRef(job_id=job_id), metadata=self.metadata, timeout=timeout)
 
     def result(self, job_id: str) -> dict:
         """The trajectories dict of a succeeded job (as ``trajectories.npy`` holds it) + ``session``."""
@@ -150,33 +151,77 @@ def _read(path: str | None, what: str) -> bytes | None:
 STATE_NAMES = {v: k for k, v in pb.JobState.items()}
 
 
-def follow(client: Client, job_id: str, *, quiet: bool = False) -> pb.Job:
-    """Watch a job to its end, with a progress bar per stage; reconnects if the stream drops."""
-    from tqdm import tqdm
+class _StageBar(tqdm):
+    """A bar whose clock shows :attr:`seconds` (the stage's own time) instead of tqdm's, which keeps
+    running until the bar closes."""
 
-    bars: dict[str, tqdm] = {}
-    job = client.get(job_id)
-    while True:
-        try:
-            for event in client.watch(job_id):
-                job = event.job
-                if not quiet:
-                    for stage in job.stages:
-                        bar = bars.get(stage.stage)
-                        if bar is None:
-                            bar = bars[stage.stage] = tqdm(total=100, desc=f"{stage.stage:>11}", unit="%",
-                                                           file=sys.stderr, leave=True,
-                                                           bar_format="{desc} |{bar}| {n:3.0f}% {elapsed}")
-                        bar.n = round(100 * stage.fraction, 1)
-                        bar.refresh()
-                if event.final:
-                    for bar in bars.values():
-                        bar.close()
-                    return job
-        except grpc.RpcError as exc:
-            if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
-                raise
-            time.sleep(1.0)  # the gateway restarted: jobs are durable, so watch again
+    seconds = 0.0
+
+    @property
+    def format_dict(self) -> dict:
+        return {**super().format_dict, "elapsed": self.seconds}
+
+
+class StageBars:
+    """One progress bar per stage. A stage's clock starts when the stage before it finished (or when
+    it is first reported, if another is still running) and stops when it reaches 100 %."""
+
+    def __init__(self, file=None):
+        self.file = file or sys.stderr
+        self.bars: dict[str, _StageBar] = {}
+        self.started: dict[str, float] = {}
+        self.finished: dict[str, float] = {}
+
+    def show(self, stages, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        for stage in stages:
+            name = stage.stage
+            if name not in self.bars:
+                running = len(self.finished) < len(self.bars)
+                self.started[name] = now if running or not self.finished else max(self.finished.values())
+                self.bars[name] = _StageBar(total=100, desc=f"{name:>11}", unit="%", file=self.file, leave=True,
+                                            bar_format="{desc} |{bar}| {n:3.0f}% {elapsed}")
+            if stage.fraction >= 1.0:
+                self.finished.setdefault(name, now)
+            bar = self.bars[name]
+            bar.seconds = self.finished.get(name, now) - self.started[name]
+            bar.n = round(100 * stage.fraction, 1)
+            bar.refresh()
+
+    def close(self, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        for name, bar in self.bars.items():
+            bar.seconds = self.finished.get(name, now) - self.started[name]
+            bar.close()
+
+
+def follow(client: Client, job_id: str, *, quiet: bool = False, check: Callable[[], None] | None = None,
+           check_every_s: float = 2.0) -> pb.Job:
+    """Watch a job to its end, with a progress bar per stage; reconnects if the stream drops.
+
+    ``check`` is called every ``check_every_s`` seconds while the job runs (a job may say nothing
+    for long) and may raise to stop following, e.g. when a local service died."""
+    bars = None if quiet else StageBars()
+    try:
+        job = client.get(job_id)
+        while True:
+            try:
+                for event in client.watch(job_id, timeout=check_every_s if check else None):
+                    job = event.job
+                    if bars is not None:
+                        bars.show(job.stages)
+                    if event.final:
+                        return job
+            except grpc.RpcError as exc:
+                if check is not None and exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    check()
+                    continue
+                if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+                    raise
+                time.sleep(1.0)  # the gateway restarted: jobs are durable, so watch again
+    finally:
+        if bars is not None:
+            bars.close()
 
 
 def format_job(job: pb.Job) -> str:

@@ -18,6 +18,17 @@ from pathlib import Path
 
 PR_SET_PDEATHSIG = 1
 START_TIMEOUT_S = 60
+#: how the gateway begins the one line it prints to stderr before exiting with 2 (bad settings)
+GATEWAY_REFUSAL = "shoal-gateway: "
+
+
+class StartError(RuntimeError):
+    """The services did not start. ``refused``: the gateway refused its settings (exit status 2, e.g.
+    its work folder is in use or its port is taken) and the message is its own one line."""
+
+    def __init__(self, message: str, refused: bool = False):
+        super().__init__(message)
+        self.refused = refused
 
 
 def free_port() -> int:
@@ -60,8 +71,9 @@ class LocalCluster:
     """
 
     def __init__(self, data_root: Path, work_dir: Path, segmenters: int | None = None, threads: int = 0,
-                 metrics: bool = False):
+                 metrics: bool = False, grpc_address: str = "127.0.0.1:0"):
         self.data_root, self.work_dir = data_root, work_dir
+        self.listen = grpc_address  # port 0: any free port (a local run needs no fixed one)
         self.metrics = metrics
         self.metrics_ports: dict[str, int] = {}
         self.segmenters = segmenters or default_segmenters()
@@ -89,12 +101,13 @@ class LocalCluster:
     def start(self) -> None:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")
+        log_start = self.log_path.stat().st_size
         gateway = self._spawn("gateway", "services.gateway.main", [
             "--data-root", str(self.data_root), "--work-dir", str(self.work_dir),
-            "--grpc-address", "127.0.0.1:0", "--control", "tcp://127.0.0.1:0",
+            "--grpc-address", self.listen, "--control", "tcp://127.0.0.1:0",
             "--metrics-port", "0" if self.metrics else "-1", "--drain-seconds", "0",
         ], stdout=subprocess.PIPE, text=True)
-        ready = self._wait_ready(gateway)
+        ready = self._wait_ready(gateway, log_start)
         fields = dict(part.split("=", 1) for part in ready.split()[1:])
         self.grpc_address, control = fields["grpc"], fields["control"]
         if self.metrics:
@@ -113,12 +126,24 @@ class LocalCluster:
             port = self.metrics_ports[name] = free_port()
         self._spawn(name, module, ["--gateway", control, "--metrics-port", str(port), *args])
 
-    def _wait_ready(self, proc: subprocess.Popen) -> str:
+    def _wait_ready(self, proc: subprocess.Popen, log_start: int) -> str:
         line = read_ready_line(proc)
         if line is None:
+            status = proc.poll()
             self.stop()
-            raise RuntimeError(f"the gateway did not start; see {self.log_path}")
+            said = self._gateway_refusal(log_start)
+            if status == 2 and said:
+                raise StartError(said, refused=True)
+            raise StartError(f"the gateway did not start ({said or f'exit status {status}'}); see {self.log_path}")
         return line
+
+    def _gateway_refusal(self, log_start: int) -> str:
+        """The gateway's last refusal line written to the log since ``log_start``, without its prefix."""
+        with open(self.log_path, "rb") as log:
+            log.seek(log_start)
+            lines = log.read().decode(errors="replace").splitlines()
+        said = [line[len(GATEWAY_REFUSAL):] for line in lines if line.startswith(GATEWAY_REFUSAL)]
+        return said[-1] if said else ""
 
     def alive(self) -> dict[str, bool]:
         return {name: p.poll() is None for name, p in self.procs.items()}

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
+import os
+import re
 import subprocess
 import sys
 import time
@@ -195,3 +198,80 @@ def test_unreachable_gateway_from_the_console(tmp_path: Path):
         assert proc.returncode == 1, (argv, proc.stderr)
         assert "Traceback" not in proc.stderr
         _one_line(proc.stderr, "unavailable", address, "SHOAL_GATEWAY")
+
+
+# -- the session folder is checked before any service starts ----------------------------------------
+
+def test_non_empty_session_folder_needs_overwrite(tmp_path: Path, small_video: Path):
+    out = tmp_path / "session"
+    out.mkdir()
+    (out / "session.json").write_text("{}")
+    _assert_usage_error(_track(str(small_video), "--animals", "2", "--out", str(out), cwd=tmp_path),
+                        f"the session folder {out} is not empty", "--overwrite")
+    assert (out / "session.json").read_text() == "{}"  # refused: nothing removed
+
+
+@pytest.mark.parametrize("where", ["under-a-file", "in-proc", "is-a-file"])
+def test_unwritable_session_folder(tmp_path: Path, small_video: Path, where: str):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    out, why = {"under-a-file": (blocker / "session", f"{blocker} is a file"),
+                "in-proc": (Path("/proc/shoal/session"), "/proc does not take new folders"),
+                "is-a-file": (blocker, "is a file")}[where]
+    _assert_usage_error(_track(str(small_video), "--animals", "2", "--out", str(out), cwd=tmp_path),
+                        f"session folder {out}", why, "choose another --out")
+
+
+# -- help and exit codes say the same everywhere ----------------------------------------------------
+
+def _help(*argv: str) -> str:
+    proc = subprocess.run([sys.executable, "-m", "shoal.cli", *argv, "--help"], capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "100"}, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_help_lists_every_command_on_one_line():
+    from shoal.cli import parser
+
+    text = _help()
+    commands = parser()._subparsers._group_actions[0].choices
+    assert {"track", "demo", "serve", "submit", "watch", "jobs", "cancel", "fetch", "video", "simulate",
+            "evaluate"} <= set(commands)
+    lines = text.splitlines()
+    for name in commands:
+        [i] = [i for i, line in enumerate(lines) if re.match(rf"\s+{name}\s{{2,}}\S", line)]
+        assert not re.match(r"\s{10,}\S", lines[i + 1]), lines[i:i + 2]  # what it does fits its one line
+    assert "exit codes:" in text
+    for name in ("simulate", "evaluate"):  # their own parsers answer
+        assert f"usage: shoal {name}" in _help(name)
+
+
+def test_every_flag_shows_its_default():
+    from shoal.cli import HelpFormatter, parser
+
+    for name, sub in parser()._subparsers._group_actions[0].choices.items():
+        if name in ("simulate", "evaluate"):
+            continue
+        formatter = HelpFormatter(prog=f"shoal {name}")
+        for action in sub._actions:
+            if not action.option_strings or action.required or action.default is argparse.SUPPRESS:
+                continue
+            shown = formatter._expand_help(action)
+            assert "default" in shown, f"shoal {name} {action.option_strings[0]}: {shown!r}"
+
+
+def test_exit_codes_agree_in_help_readme_and_api_docs():
+    from shoal.cli import EXIT_CODES, EXIT_FAILED, EXIT_USAGE
+    from shoal.v1 import INVALID_INPUT
+
+    root = Path(__file__).resolve().parents[1]
+    readme, api = (root / "README.md").read_text(), (root / "docs" / "api.md").read_text()
+    assert EXIT_CODES in _help() and EXIT_CODES in _help("track")
+    assert (EXIT_USAGE, EXIT_FAILED) == (2, 1)
+    assert re.search(rf"\*\*{EXIT_USAGE}\*\*: change the command\..*no animals", readme, re.S)
+    assert re.search(rf"\*\*{EXIT_FAILED}\*\*: the job failed for another reason", readme)
+    assert "thresholds that find no animals" in EXIT_CODES
+    assert f"`{INVALID_INPUT}`" in api and f"`{INVALID_INPUT.strip()}`" in readme
+    assert re.search(rf"exit with {EXIT_USAGE} when the job failed with an `error` starting\s+with "
+                     rf"`{INVALID_INPUT}`", api)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import ipaddress
+import os
 import signal
 import sys
 import threading
@@ -31,6 +32,8 @@ from .scheduler import Scheduler
 from .server import JobService
 
 SERVICE_NAME = "shoal.v1.JobService"
+#: in the work folder: held (flock) by the one gateway using it; says its pid and gRPC address
+LOCK_FILE = "gateway.lock"
 #: seconds in-flight calls get to finish once the drain is over
 STOP_GRACE_S = 2.0
 
@@ -80,11 +83,13 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(exc))
     work_dir = Path(cfg.work_dir) if cfg.work_dir else data_root / ".shoal"
     work_dir.mkdir(parents=True, exist_ok=True)
-    lock = open(work_dir / "gateway.lock", "w")  # noqa: SIM115 - held for the life of the process
-    try:
+    lock = open(work_dir / LOCK_FILE, "a+")  # noqa: SIM115 - held for the life of the process; "a+": a refused
+    try:                                     # second gateway must not erase who holds it
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-        return _fail(f"another gateway is using {work_dir}; two would run the same jobs twice")
+        lock.seek(0)
+        return _fail(_refusal(lock.read(), work_dir))
+    _record_holder(lock, "")
     store = JobStore(work_dir / "jobs.sqlite")
     scheduler = Scheduler(store, cfg.control, work_dir, repin_grace_s=cfg.repin_grace_s)
     scheduler.start()
@@ -108,8 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError:
         port = 0
     if port == 0:
-        return _fail(f"cannot listen on {cfg.grpc_address}")
+        return _fail(f"cannot listen on {cfg.grpc_address}: the port is in use, or the address is not one of "
+                     "this machine's")
     host = cfg.grpc_address.rpartition(":")[0]
+    _record_holder(lock, f"{host}:{port}")
     if token and credentials is None and not _loopback(host):
         log.warning("a bearer token without TLS crosses the network in clear text; set --tls-cert and --tls-key")
     server.start()
@@ -135,6 +142,24 @@ def main(argv: list[str] | None = None) -> int:
     scheduler.join(timeout=5)
     store.close()
     return 0
+
+
+def _record_holder(lock, address: str) -> None:
+    """Say in the lock file who holds it, for the message of a gateway refused the same work folder."""
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"pid={os.getpid()} grpc={address}\n")
+    lock.flush()
+
+
+def _refusal(holder: str, work_dir: Path) -> str:
+    """Why this gateway cannot use ``work_dir``, naming the one that does (from its lock file line)."""
+    fields = dict(part.split("=", 1) for part in holder.split() if "=" in part)
+    who = ", ".join([*([f"pid {fields['pid']}"] if fields.get("pid") else []),
+                     *([f"gRPC on {fields['grpc']}"] if fields.get("grpc") else [])]) or "starting"
+    use = f" with --gateway {fields['grpc']}" if fields.get("grpc") else ""
+    return (f"another gateway ({who}) is using the work folder {work_dir}: two would run the same jobs twice; "
+            f"stop it, or send jobs to it{use}")
 
 
 def _fail(message: str) -> int:
