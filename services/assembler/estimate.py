@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from services.assembler.fragments import Fragment
+from services.assembler.motion import MIN_LINK_ODDS
 from shoal.blobs import BlobTable
 
 #: per-image accuracy is never taken as perfect: the estimate must stay finite and honest
@@ -37,6 +38,7 @@ MAX_IMAGE_ACCURACY = 0.999
 MIN_IMAGES_FOR_RELIABILITY = 8
 #: motion-sure links needed before they calibrate the appearance model, and the τ values tried
 MIN_CALIBRATION_LINKS = 3
+LINK_ERROR = 1.0 / MIN_LINK_ODDS
 TAU_GRID = (1.0, 1.5, 2.0, 3.0, 5.0, 8.0, 13.0, 20.0, 30.0, 50.0, 80.0)
 #: longest gap at which interpolation is tried out on held-out frames
 MAX_MEASURED_GAP = 30
@@ -89,7 +91,8 @@ def calibrate_to_motion(next_fragment: np.ndarray, votes: np.ndarray, a: float, 
     best, best_tau = -np.inf, tau
     for candidate in [t for t in TAU_GRID if t >= tau] or [tau]:
         p1 = tempered_p1(votes, a, candidate)
-        log_same = float(np.mean(np.log(np.clip(np.sum(p1[e] * p1[x], axis=1), 1e-12, None))))
+        # a sure link is wrong about 1 time in MIN_LINK_ODDS: one such link must not rule
+        log_same = float(np.mean(np.log(LINK_ERROR + (1 - LINK_ERROR) * np.sum(p1[e] * p1[x], axis=1))))
         if log_same > best + 1e-9:
             best, best_tau = log_same, candidate
     return best_tau
