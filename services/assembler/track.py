@@ -176,7 +176,8 @@ def track(
     with stage("Trajectories creation"):
         identity = assignment.identity
         blob_identity = identity[blob_fragment] if k else np.zeros(0, np.int64)
-        blob_probability = assignment.p2[blob_fragment, np.maximum(blob_identity, 0)] if k else np.zeros(0)
+        # per frame, the chance that the identity there is right (estimate.py): doubtful stretches show
+        blob_probability = confidence[blob_fragment] if k else np.zeros(0)
         trajectories, id_probabilities = build_trajectories(
             table, blob_identity, n_frames, n_animals, first_frame, blob_probability
         )
