@@ -235,6 +235,7 @@ def run_local(params: TrackingParams, out: Path, segmenters: int | None, quiet: 
     work = Path(tempfile.mkdtemp(prefix="shoal-local-"))
     cluster = LocalCluster(Path("/"), work, segmenters)
     kept = cluster.log_path if keep_logs else None
+    interrupted = False
 
     def on_sigint(*_):
         raise KeyboardInterrupt
@@ -261,13 +262,15 @@ def run_local(params: TrackingParams, out: Path, segmenters: int | None, quiet: 
     except StartError as exc:
         raise Failed(f"the services did not start: {exc}{_log_note(kept)}") from None
     except KeyboardInterrupt:
-        print(f"\nshoal: interrupted; services stopped{_log_note(kept)}", file=sys.stderr)
+        interrupted = True
         raise
     finally:
         cluster.stop()
         signal.signal(signal.SIGINT, previous)
         if kept is None:
             shutil.rmtree(work, ignore_errors=True)
+        if interrupted:
+            print(f"\nshoal: interrupted; services stopped{_log_note(kept)}", file=sys.stderr)
 
 
 def _log_note(kept: Path | None) -> str:
@@ -566,7 +569,7 @@ def parser() -> argparse.ArgumentParser:
                                               "is read by the gateway relative to its data root")
     sb.add_argument("--out", help="session folder on the gateway's data volume (default: the gateway's "
                                   "DATA_ROOT/sessions/<job id>)")
-    sb.add_argument("--name", default="", help="a label shown by shoal jobs")
+    sb.add_argument("--name", default="", help="a label shown by shoal jobs (default: none)")
     sb.add_argument("--watch", action="store_true", help="then follow it to the end")
     sb.add_argument("--upload", action="store_true",
                     help="send the local video files to the gateway (up to its upload limit) instead of paths")
