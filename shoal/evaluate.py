@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from shoal.help import HelpFormatter
+
 
 @dataclass
 class Scores:
@@ -204,12 +206,19 @@ def format_scores(s: Scores) -> str:
     ])
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`shoal evaluate`: score a tracking result against ground truth."""
-    parser = argparse.ArgumentParser(prog="shoal evaluate", description=__doc__.splitlines()[0])
+def arg_parser() -> argparse.ArgumentParser:
+    """The flags of `shoal evaluate`."""
+    parser = argparse.ArgumentParser(prog="shoal evaluate", description=__doc__.splitlines()[0],
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--truth", required=True, help="ground_truth.npz written by `shoal simulate`")
     parser.add_argument("--pred", required=True, help="session folder, trajectories .npy or .csv")
     parser.add_argument("--json", action="store_true", help="print the scores as JSON")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`shoal evaluate`: score a tracking result against ground truth."""
+    parser = arg_parser()
     args = parser.parse_args(argv)
     try:
         positions, touching, body_length = load_truth(args.truth)

@@ -47,6 +47,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from shoal.help import HelpFormatter
+
 PRESET_NAMES = ("fish", "flies", "mice")
 CODECS = ("ffv1", "mjpg", "h264", "mp4v")
 """Video codecs of write_simulation: FFV1 (lossless, the default), Motion-JPEG at a JPEG quality,
@@ -1286,17 +1288,18 @@ def write_simulation(config: SimulationConfig, out_dir: str | Path) -> dict[str,
     return {"video": video_path, "ground_truth": truth_path}
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`shoal simulate`: write a synthetic video with its ground truth."""
-    parser = argparse.ArgumentParser(prog="shoal simulate", description=__doc__.splitlines()[0])
+def arg_parser() -> argparse.ArgumentParser:
+    """The flags of `shoal simulate`."""
+    parser = argparse.ArgumentParser(prog="shoal simulate", description=__doc__.splitlines()[0],
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--animals", type=int, required=True, help="number of animals")
     parser.add_argument("--frames", type=int, required=True, help="number of frames")
     parser.add_argument("--out", required=True, help="output folder (created if missing)")
-    parser.add_argument("--preset", choices=PRESET_NAMES, default="fish")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--width", type=int, default=None)
-    parser.add_argument("--height", type=int, default=None)
-    parser.add_argument("--fps", type=float, default=30.0)
+    parser.add_argument("--preset", choices=PRESET_NAMES, default="fish", help="kind of animal")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the motion (and of the looks, see --marking-seed)")
+    parser.add_argument("--width", type=int, default=None, help="frame width in px (default: the preset's)")
+    parser.add_argument("--height", type=int, default=None, help="frame height in px (default: the preset's)")
+    parser.add_argument("--fps", type=float, default=30.0, help="frames per second")
     parser.add_argument("--always-touching", action="store_true",
                         help="some animals touch in every frame: a video without global fragments")
     parser.add_argument("--arenas", type=int, default=1,
@@ -1327,6 +1330,12 @@ def main(argv: list[str] | None = None) -> int:
                            "mp4v (.mp4)")
     hard.add_argument("--bitrate", type=float, metavar="KBPS", help="h264 bitrate in kbit/s (default: CRF 23)")
     hard.add_argument("--quality", type=int, metavar="Q", help="mjpg JPEG quality 1-100 (default 75)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`shoal simulate`: write a synthetic video with its ground truth."""
+    parser = arg_parser()
     args = parser.parse_args(argv)
     try:
         config = SimulationConfig(args.animals, args.frames, args.width, args.height, args.preset,
