@@ -201,12 +201,6 @@ def track(
         blob_confidence[table.frame[own] - first_frame, blob_identity[own]] = confidence[blob_fragment[own]]
         success = interpolation_success(fragments, table, _half_body_length(table, n_animals))
         accuracy = estimated_accuracy(blob_confidence, filled, success)
-        if np.isfinite(ratio_accumulated) and ratio_accumulated < accuracy:
-            # images that failed the identifier's consistency test are not vouched for, so the
-            # estimate never exceeds the share that passed it
-            notes.append(f"estimated accuracy capped at the accepted share {ratio_accumulated:.3f} "
-                         f"(the evidence alone said {accuracy:.3f})")
-            accuracy = float(ratio_accumulated)
         evidence = Evidence(n_frames, len(global_fragments), silhouette, reliability, tau,
                             float(np.isfinite(blob_confidence).mean()) if blob_confidence.size else 0.0,
                             tau > tau_runs)
