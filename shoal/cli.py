@@ -16,6 +16,7 @@ import signal
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -150,11 +151,36 @@ def _check_locally(params: TrackingParams) -> None:
             raise UsageError(f"tracking interval [{start}, {end}) ends after the video's {info.n_frames} frames")
 
 
-def prepare_session_folder(out: Path, overwrite: bool) -> bool:
+@dataclass
+class SessionFolder:
+    """A session folder checked before any service starts (:func:`prepare_session_folder`)."""
+
+    path: Path
+    created: bool  # this command made it
+    earlier: Path | None = None  # an earlier session --overwrite set aside until this run succeeds
+
+    def finish(self, succeeded: bool) -> None:
+        """Drop the earlier session after a success; after a failure put it back (and drop a folder
+        this command created and the run left empty)."""
+        from services.assembler.outputs import restore_session
+
+        if self.earlier is not None:
+            if succeeded:
+                shutil.rmtree(self.earlier, ignore_errors=True)
+            else:
+                restore_session(self.path, self.earlier)
+        if self.created and not succeeded:
+            try:
+                self.path.rmdir()
+            except OSError:
+                pass  # not empty (or already gone): keep what is there
+
+
+def prepare_session_folder(out: Path, overwrite: bool) -> SessionFolder:
     """Check the session folder before any service starts, so a run never fails at its end for it:
-    it must be a writable folder, empty unless ``overwrite``, which first removes what an earlier
-    Shoal run wrote there (Shoal's own files only). Returns whether the folder was created here."""
-    from services.assembler.outputs import clear_session
+    it must be a writable folder, empty unless ``overwrite``, which sets aside what an earlier Shoal
+    run wrote there (Shoal's own files only) until the new run has succeeded."""
+    from services.assembler.outputs import set_aside_session
 
     if out.exists() and not out.is_dir():
         raise UsageError(f"the session folder {out} is a file; choose another --out")
@@ -173,21 +199,12 @@ def prepare_session_folder(out: Path, overwrite: bool) -> bool:
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=out):
             pass
-        if overwrite:
-            clear_session(out)
+        earlier = set_aside_session(out) if overwrite else None
     except OSError as exc:
         what = "new folders" if created else "new files"
         raise UsageError(f"cannot write the session folder {out}: {existing} does not take {what} ({exc.strerror}); "
                          "choose another --out") from None
-    return created
-
-
-def _drop_if_empty(folder: Path) -> None:
-    """Remove a session folder this command created when the run left nothing in it."""
-    try:
-        folder.rmdir()
-    except OSError:
-        pass  # not empty (or already gone): keep what is there
+    return SessionFolder(out, created, earlier)
 
 
 def cmd_track(args: argparse.Namespace) -> int:
@@ -195,14 +212,13 @@ def cmd_track(args: argparse.Namespace) -> int:
     _check_locally(params)
     first = Path(params.video_paths[0])
     out = Path(args.out).resolve() if args.out else first.parent / f"session_{first.stem}"
-    created = prepare_session_folder(out, args.overwrite)
+    folder = prepare_session_folder(out, args.overwrite)
     status = EXIT_INTERRUPTED
     try:
         job, logs = run_local(params, out, args.segmenters, quiet=args.quiet, keep_logs=args.keep_logs)
         status = report(job, out, logs)
     finally:
-        if created and status:
-            _drop_if_empty(out)
+        folder.finish(status == 0)
     return status
 
 
@@ -315,7 +331,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     out = Path(args.out).resolve()
     session = out / "session"
-    prepare_session_folder(session, overwrite=True)  # the demo's own folder: an earlier demo is replaced
+    prepare_session_folder(session, overwrite=True).finish(True)  # the demo's own folder: an earlier demo goes
     config = SimulationConfig(n_animals=args.animals, n_frames=args.frames, preset=args.preset, seed=args.seed)
     print(f"shoal demo: simulating {args.animals} {args.preset} x {args.frames} frames (seed {args.seed})")
     files = write_simulation(config, out / "video")
@@ -443,12 +459,14 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     out = Path(args.out).resolve()
     client = _client(args)
     result = client.result(args.job)  # an unknown or unfinished job first: it leaves no folder behind
-    prepare_session_folder(out, args.overwrite)
+    folder = prepare_session_folder(out, args.overwrite)
     videos = result["session"].get("videos") or {}
     try:
         written = write_result(result, out)
     except OSError as exc:
+        folder.finish(False)
         raise UsageError(f"cannot write the session folder {out}: {exc.strerror or exc}") from None
+    folder.finish(True)
     print(f"session folder: {out} ({', '.join(sorted(written))})")
     remote = [*([videos["overlay"]] if videos.get("overlay") else []), *(videos.get("individual") or [])]
     if remote:  # GetResult carries arrays and session.json, not video files
@@ -510,8 +528,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("videos", nargs="+", help="video file(s); several files form one session")
     t.add_argument("--out", help="session folder (default: session_<video name> beside the video)")
     t.add_argument("--overwrite", action="store_true",
-                   help="write into a session folder that is not empty, first removing what an earlier Shoal run "
-                        "wrote there (other files stay)")
+                   help="write into a session folder that is not empty, replacing what an earlier Shoal run "
+                        "wrote there (other files stay; the earlier session comes back if this run fails)")
     t.add_argument("--segmenters", type=int, help="segmenter processes (default: cores - 1)")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.add_argument("--keep-logs", action="store_true",
@@ -570,7 +588,8 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("job", help="job id (shoal jobs lists them)")
     f.add_argument("--out", required=True, help="local session folder to write")
     f.add_argument("--overwrite", action="store_true",
-                   help="write into a folder that is not empty, first removing an earlier session there")
+                   help="write into a folder that is not empty, replacing an earlier session there (kept if "
+                        "the fetch fails)")
     f.set_defaults(func=cmd_fetch)
     for each in (sb, w, c, j, f):
         each.add_argument("--gateway", default=DEFAULT_GATEWAY, help="gateway address host:port [SHOAL_GATEWAY]")

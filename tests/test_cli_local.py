@@ -138,7 +138,14 @@ def test_session_json_says_what_was_used_and_overwrite_replaces_only_shoal_files
                       "--overwrite", tmp=tmp)
     assert replaced.returncode == 0, replaced.stderr
     assert {p.name for p in out.iterdir()} == written | {"notes.txt"}  # the stale model and temporary are gone
-    assert json.loads((out / "session.json").read_text())["job_id"] != session["job_id"]
+    replacing_id = json.loads((out / "session.json").read_text())["job_id"]
+    assert replacing_id != session["job_id"]
+
+    failed = _shoal("track", str(flies), "--animals", "2", "--intensity", "0", "1", "--out", str(out), "--quiet",
+                    "--overwrite", tmp=tmp)
+    _one_line(failed, 2, "no animals found")
+    assert json.loads((out / "session.json").read_text())["job_id"] == replacing_id  # a failed run loses nothing
+    assert {p.name for p in out.iterdir()} == written | {"notes.txt"}
 
 
 def test_only_shoal_files_are_cleared(tmp_path: Path):

@@ -371,6 +371,34 @@ def clear_session(folder: Path) -> list[Path]:
     return removed
 
 
+#: where ``--overwrite`` keeps the earlier session until the new run has succeeded
+EARLIER_SESSION = ".shoal-earlier-session"
+
+
+def set_aside_session(folder: Path) -> Path | None:
+    """Move what an earlier Shoal run wrote in `folder` into its :data:`EARLIER_SESSION` subfolder
+    (renames, so nothing is copied); None when there was nothing. A run that fails puts it back
+    with :func:`restore_session`, so replacing a session never loses it."""
+    entries = shoal_entries(folder)
+    if not entries:
+        return None
+    aside = Path(folder) / EARLIER_SESSION
+    if aside.exists():  # left by a run that was killed: what it holds is the older, complete session
+        shutil.rmtree(aside)
+    aside.mkdir()
+    for entry in entries:
+        entry.rename(aside / entry.name)
+    return aside
+
+
+def restore_session(folder: Path, aside: Path) -> None:
+    """Undo :func:`set_aside_session` after a failed run: its partial outputs go, the earlier session returns."""
+    clear_session(folder)
+    for entry in sorted(aside.iterdir()):
+        entry.rename(Path(folder) / entry.name)
+    aside.rmdir()
+
+
 def utc_iso(unix: float | None) -> str | None:
     """`2026-01-31T12:00:00.123Z`: seconds since the epoch as UTC ISO 8601, for session.json."""
     if unix is None:
