@@ -52,6 +52,8 @@ STAGE_SECONDS = Histogram("shoal_stage_duration_seconds", "Duration of each asse
                           buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600))
 FRAMES_TRACKED = Counter("shoal_frames_tracked_total", "Frames of jobs whose tracking finished")
 IN_FLIGHT = Gauge("shoal_assembler_jobs_in_flight", "Jobs this assembler is tracking")
+DOUBTFUL = Counter("shoal_doubtful_jobs_total",
+                   "Jobs whose estimated accuracy is below 0.99 (the job's warnings say why and what to try)")
 WAITING = Gauge("shoal_assembler_jobs_waiting", "Jobs assigned to this assembler that still collect chunks")
 for _outcome in ("new", "duplicate"):
     CHUNKS.labels(_outcome)
@@ -265,10 +267,14 @@ def assemble(ctx: zmq.Context, job: str, state: JobState, progress: Progress) ->
         STAGE_SECONDS.labels(stage).observe(seconds)
     FRAMES_TRACKED.inc(n_frames)
     warnings += result.warnings
+    if result.doubtful:
+        DOUBTFUL.inc()
     progress("write", 0.0, {})
     statistics = {
-        "estimated_accuracy": result.estimated_accuracy, "silhouette_score": result.silhouette,
-        "n_blobs": len(table), "n_fragments": result.n_fragments, "n_global_fragments": result.n_global_fragments,
+        "estimated_accuracy": result.estimated_accuracy,
+        "estimated_accuracy_apart": _finite_or_none(result.estimated_accuracy_apart),
+        "silhouette_score": result.silhouette, "n_blobs": len(table), "n_fragments": result.n_fragments,
+        "n_global_fragments": result.n_global_fragments,
         "identification_method": result.method, "velocity_threshold": result.velocity_threshold,
         "frames_with_more_blobs_than_animals": int(len(inconsistent)),
     }
