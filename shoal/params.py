@@ -41,8 +41,8 @@ class TrackingParams:
     ``intensity_ths``: without background subtraction a pixel is foreground when
     ``lo <= value <= hi``; with it (``use_bkg``) when ``|background - value| > lo``.
     ``area_ths``: blob area range in pixels (``inf`` allowed as upper bound).
-    Either left as None is chosen from the video (background subtraction, see
-    ``services/segmenter/auto_thresholds.py``).
+    Either left as None is chosen from the video (raw or background thresholds, whichever shows
+    the number of animals best; see ``services/segmenter/auto_thresholds.py``).
     ``tracking_intervals``: ``[[start, end), ...]`` in global frame numbers, or None for all.
     ``exclusive_rois``: each connected region of the ROI is a separate arena whose animals never
     leave it; identities are learned per region and numbered region by region.

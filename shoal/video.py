@@ -9,8 +9,15 @@ worker decodes from a single file and seeks once.
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+import struct
+import sys
+import tempfile
+import threading
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
@@ -35,8 +42,70 @@ _READ_FORWARD_GAP = 16
 decoding a few frames is cheaper than a seek, which restarts decoding at a key frame."""
 
 
+#: a line the decoder (ffmpeg inside OpenCV) writes to stderr, e.g. "[h264 @ 0x55d0c8] error while decoding MB"
+_DECODER_LINE = re.compile(rb"^\[[^\]\n]* @ 0x[0-9a-f]+\] ", re.MULTILINE)
+_decoder_log_set = False
+_capture_lock = threading.Lock()
+
+
 class VideoError(Exception):
     """A video cannot be used; the message says which file and why, in words a user can act on."""
+
+
+@contextmanager
+def _decoder_log_setting() -> Iterator[None]:
+    """Around OpenCV's first use of ffmpeg: silence ffmpeg's own complaints in a process that does not log.
+
+    ffmpeg writes them (``moov atom not found``, ``Slice pointer chain broken``) to stderr. A process
+    that logs (a service, whose stderr is its log) keeps them; in one that does not (the CLI) they
+    would only clutter the terminal beside Shoal's one-line message. ffmpeg reads the setting once;
+    the environment is restored afterwards, so services started from this process decide for themselves.
+    """
+    global _decoder_log_set
+    quiet = not _decoder_log_set and "OPENCV_FFMPEG_LOGLEVEL" not in os.environ and not logging.getLogger().handlers
+    _decoder_log_set = True
+    if quiet:
+        os.environ["OPENCV_FFMPEG_LOGLEVEL"] = "-8"  # AV_LOG_QUIET
+    try:
+        yield
+    finally:
+        if quiet:
+            os.environ.pop("OPENCV_FFMPEG_LOGLEVEL", None)
+
+
+class _DecoderMessages:
+    """Collects what is written to stderr (file descriptor 2) while decoding, to tell which reads made
+    the decoder complain; the text is then passed on to stderr unchanged (the service log)."""
+
+    def __enter__(self) -> _DecoderMessages:
+        _capture_lock.acquire()
+        sys.stderr.flush()
+        self._file = tempfile.TemporaryFile()
+        self._saved = os.dup(2)
+        os.dup2(self._file.fileno(), 2)
+        self._seen = 0
+        return self
+
+    def new_complaint(self) -> bool:
+        """Whether the decoder complained since the last call (messages of other threads may count too)."""
+        end = os.lseek(self._file.fileno(), 0, os.SEEK_END)
+        if end == self._seen:
+            return False
+        text = os.pread(self._file.fileno(), end - self._seen, self._seen)
+        self._seen = end
+        return bool(_DECODER_LINE.search(text))
+
+    def __exit__(self, *exc) -> None:
+        try:
+            sys.stderr.flush()
+            os.dup2(self._saved, 2)
+            os.close(self._saved)
+            size = os.lseek(self._file.fileno(), 0, os.SEEK_END)
+            if size:
+                os.write(2, os.pread(self._file.fileno(), size, 0))
+            self._file.close()
+        finally:
+            _capture_lock.release()
 
 
 @dataclass
@@ -64,10 +133,37 @@ def _open(path: str) -> cv2.VideoCapture:
         raise VideoError(f"cannot open video {path}: file does not exist")
     if not os.path.isfile(path):
         raise VideoError(f"cannot open video {path}: not a regular file")
-    capture = cv2.VideoCapture(path)
+    with _decoder_log_setting():
+        capture = cv2.VideoCapture(path)
     if not capture.isOpened():
+        damage = _mp4_damage(path)
+        if damage:
+            raise VideoError(f"cannot open video {path}: the file is damaged: {damage}")
         raise VideoError(f"cannot open video {path}: OpenCV cannot decode it (codec?)")
     return capture
+
+
+def _mp4_damage(path: str) -> str | None:
+    """Why an MP4/MOV file (``ftyp`` box first) cannot be opened, from its top-level boxes; None if it
+    is not one or its boxes look whole. A recording cut short usually lacks its index (``moov``)."""
+    size = os.path.getsize(path)
+    boxes, offset = [], 0
+    with open(path, "rb") as fh:
+        while offset + 8 <= size:
+            fh.seek(offset)
+            length, kind = struct.unpack(">I4s", fh.read(8))
+            if length == 1 and offset + 16 <= size:
+                length = struct.unpack(">Q", fh.read(8))[0]
+            elif length == 0:
+                length = size - offset
+            boxes.append(kind)
+            if length < 8 or offset + length > size:
+                return (f"it ends inside its {kind.decode(errors='replace')!r} box after {size} bytes "
+                        "(truncated: a recording cut short?)" if boxes[0] == b"ftyp" else None)
+            offset += length
+    if not boxes or boxes[0] != b"ftyp" or b"moov" in boxes:
+        return None
+    return "it has no index (moov box): the recording was cut short before it was closed"
 
 
 def _to_gray(frame: np.ndarray) -> np.ndarray:
@@ -115,8 +211,8 @@ def _probe_file(path: str) -> tuple[int, int, float, int, list[str]]:
         n_readable = _last_readable(capture, n_frames)
         if n_readable != n_frames:
             warnings.append(
-                f"{path} reports {n_frames} frames but only the first {n_readable} decode "
-                "(recording cut short?); tracking those"
+                f"{path} is damaged: it reports {n_frames} frames but only the first {n_readable} decode "
+                f"(recording cut short?); tracking those {n_readable}"
             )
         return width, height, fps, n_readable, warnings
     finally:
@@ -199,40 +295,83 @@ def read_frame(info: VideoInfo, index: int) -> np.ndarray:
     return next(read_frames(info, index, index + 1))[1]
 
 
+@dataclass
+class Sample:
+    """Frames decoded at chosen indices, with the ones that did not decode or made the decoder complain."""
+
+    frames: np.ndarray  # grey uint8 [k, H, W]; frames that do not decode are all 0
+    failed: list[int]  # global indices that do not decode
+    complained: list[int]  # global indices whose decoding made the decoder report errors (damaged data)
+
+
 def sample_frames(info: VideoInfo, indices: Iterable[int]) -> np.ndarray:
     """Grey frames [k, H, W] at global `indices` (any order), e.g. for the background model.
 
+    Raises VideoError, saying how many of them decode, if any does not.
+    """
+    sample = decode_sample(info, indices)
+    if sample.failed:
+        raise VideoError(damage_message(info, sample))
+    return sample.frames
+
+
+def damage_message(info: VideoInfo, sample: Sample) -> str:
+    """One line: which file is damaged, how many of the sampled frames decode, what to do."""
+    first = min(sample.failed)
+    path = info.paths[info.file_of(first)]
+    before = f", or track only the frames before it (--intervals 0 {first})" if first > 0 else ""
+    return (f"{path} is damaged: {len(sample.failed)} of the {len(sample.frames)} sampled frames "
+            f"{'does' if len(sample.failed) == 1 else 'do'} not decode "
+            f"(the first is frame {first}); repair or re-encode the video{before}")
+
+
+def decode_sample(info: VideoInfo, indices: Iterable[int]) -> Sample:
+    """The frames at global `indices` (any order), noting those that fail or make the decoder complain.
+
     Each file is opened once; samples are visited in order, seeking unless the next one is close.
+    After a frame fails to decode, later samples of that file are reached by plain seeks only.
     """
     indices = np.asarray(list(indices), dtype=int)
-    frames = np.empty((len(indices), info.height, info.width), dtype=np.uint8)
+    frames = np.zeros((len(indices), info.height, info.width), dtype=np.uint8)
     files = np.array([info.file_of(int(i)) for i in indices], dtype=int)
-    for file_index in np.unique(files):
-        path = info.paths[file_index]
-        file_start = info.file_starts[file_index]
-        positions = np.flatnonzero(files == file_index)
-        positions = positions[np.argsort(indices[positions], kind="stable")]
-        capture = _open(path)
-        try:
-            next_local, previous = 0, 0
-            for position in positions:
-                local = int(indices[position]) - file_start
-                if local == next_local - 1:
-                    frames[position] = frames[previous]
-                    continue
-                if local - next_local > _READ_FORWARD_GAP:
-                    capture = _seek(capture, path, local)
-                else:
-                    for _ in range(local - next_local):
-                        capture.grab()
-                ok, frame = capture.read()
-                if not ok or frame is None:
-                    raise VideoError(f"cannot decode frame {indices[position]} (frame {local} of {path})")
-                frames[position] = _to_gray(frame)
-                next_local, previous = local + 1, position
-        finally:
-            capture.release()
-    return frames
+    failed, complained = [], []
+    with _DecoderMessages() as decoder:
+        for file_index in np.unique(files):
+            path = info.paths[file_index]
+            file_start = info.file_starts[file_index]
+            positions = np.flatnonzero(files == file_index)
+            positions = positions[np.argsort(indices[positions], kind="stable")]
+            capture = _open(path)
+            try:
+                next_local, previous, broken = 0, None, False
+                for position in positions:
+                    local = int(indices[position]) - file_start
+                    if local == next_local - 1 and previous is not None:
+                        frames[position] = frames[previous]
+                        continue
+                    try:
+                        if broken:
+                            capture.set(cv2.CAP_PROP_POS_FRAMES, local)
+                        elif local - next_local > _READ_FORWARD_GAP:
+                            capture = _seek(capture, path, local)
+                        else:
+                            for _ in range(local - next_local):
+                                capture.grab()
+                        ok, frame = capture.read()
+                    except VideoError:
+                        ok, frame = False, None
+                    if decoder.new_complaint():
+                        complained.append(int(indices[position]))
+                    if not ok or frame is None:
+                        failed.append(int(indices[position]))
+                        broken, previous = True, None
+                        next_local = local + 1
+                        continue
+                    frames[position] = _to_gray(frame)
+                    next_local, previous = local + 1, position
+            finally:
+                capture.release()
+    return Sample(frames, sorted(failed), sorted(set(complained)))
 
 
 def chunk_ranges(
@@ -283,7 +422,8 @@ def write_video(
                                  "expected grey uint8 [H, W]")
             if writer is None:
                 size = frame.shape
-                writer = cv2.VideoWriter(str(path), fourcc, float(fps), size[::-1], isColor=False)
+                with _decoder_log_setting():
+                    writer = cv2.VideoWriter(str(path), fourcc, float(fps), size[::-1], isColor=False)
                 if not writer.isOpened():
                     raise VideoError(f"cannot write video {path}: no encoder for this codec, or no write access")
             elif frame.shape != size:

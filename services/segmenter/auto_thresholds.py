@@ -1,51 +1,438 @@
-"""Thresholds chosen from the video when the user gives none.
+"""Segmentation chosen from the video when the user gives no thresholds, or only some of them.
 
-idtracker.ai asks the user for intensity and area thresholds in its GUI. Shoal's default is to
-subtract a background (median of sampled frames) and read both thresholds off the video itself, so
-that a lab's first run works on a new setup and the method adapts to the contrast, noise and animal
-size of each video instead of relying on constants tuned to one kind of recording.
+idtracker.ai asks the user to set the thresholds in its segmentation window: they try dark or light
+animals, with or without the background, move the sliders until the frames show the N animals as N
+blobs, and narrow the area range until debris is gone. Shoal does the same as a search over the
+probe's sampled frames. Each candidate is a way of thresholding (raw intensity with dark animals
+``[0, t]`` or light animals ``[t, 255]``; distance to the background model, on either side or only
+darker or only lighter, which drops a light animal's dark shadow and debris of the other sign) at
+one threshold, with the area range that suits it (a floor between debris and the animals, a ceiling
+that no group of animals reaches). The winner makes the most sampled frames show exactly N blobs
+of similar areas; per way, the middle of the best plateau of thresholds is kept (a stable choice).
+Raw thresholds, fragile under uneven light, must do clearly better than the background ones (as
+when animals sit still) and must find the animals that the background shows moving. What the user
+gave is kept; only the rest is searched.
+
+Speed: candidates are scored on every other sampled frame (fewer on large frames) by contour
+tracing alone, areas from Pick's theorem; each way's pick is then scored on every sampled frame.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, replace
+
+import cv2
 import numpy as np
 
-#: the foreground threshold sits this far from the background towards the animals' typical contrast
+#: today's fallback (no number of animals): the threshold sits this far towards the animals' contrast
 CONTRAST_FRACTION = 0.4
 #: and at least this many noise standard deviations above the background
 MIN_NOISE_SIGMAS = 6.0
-#: blobs smaller than this fraction of a typical animal are noise
+#: blobs smaller than this fraction of a typical animal are noise (the fallback's floor)
 MIN_AREA_FRACTION = 0.15
+#: floors tried between debris and animals, as fractions of a typical animal's area
+AREA_FRACTIONS = (0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6)
+#: no blob is smaller than this (pixels)
+MIN_AREA = 4.0
+#: a blob covering more than this share of the ROI is background or a wall, never an animal
+GIANT_SHARE = 0.25
+#: thresholds stop this far from the floor towards the animals' typical contrast (whole animals, not cores)
+COMPLETE_FRACTION = 0.55
+#: thresholds tried per way of thresholding
+GRID_SIZE = 18
+#: pixels (frames x ROI area) scored per candidate in the first round, and at most this many frames
+SEARCH_PIXELS = 20e6
+SEARCH_FRAMES = 25
+#: raw blobs this many times larger or smaller than the moving animals that the background shows are
+#: something else (a dark corner, a wall)
+AREA_RATIO = 2.0
+#: raw thresholds start beyond this share of the ROI's pixels (the floor, however unevenly lit)
+FLOOR_SHARE = 0.9
+#: blobs of one animal each vary less than this in area (coefficient of variation); more costs score
+MAX_AREA_CV = 0.35
+#: raw thresholds are chosen over background ones only when they score this much better
+RAW_MARGIN = 0.1
+#: scores this close count as equal
+TIE = 0.02
+
+#: name -> (subtracts the background, sign: -1 darker, +1 lighter, 0 either side)
+WAYS = {"difference": (True, 0), "darker": (True, -1), "lighter": (True, 1), "dark": (False, 0), "light": (False, 0)}
 
 
-def difference_threshold(differences: np.ndarray) -> float:
-    """Threshold on ``|background - frame|`` values (uint8 array, any shape) of sampled frames.
+@dataclass(frozen=True)
+class Segmentation:
+    """A segmentation in ``segment_frame``'s terms, and how well it fits the sampled frames."""
+
+    intensity_ths: tuple[float, float]
+    area_ths: tuple[float, float]
+    background: bool  # thresholds apply to the distance to the background model
+    sign: int = 0  # with background: -1 darker than it, +1 lighter, 0 either side
+    exact_share: float = 0.0  # share of the sampled frames with exactly N blobs (search estimate)
+
+    def describe(self) -> str:
+        """e.g. "background difference > 23, area [40, 900] px" (the terms of --intensity/--area)."""
+        lo, hi = self.intensity_ths
+        if self.background:
+            how = {0: "background difference", -1: "darker than the background by", 1: "lighter than the "
+                   "background by"}[self.sign] + f" > {lo:g}"
+        else:
+            how = f"intensity in [{lo:g}, {hi:g}]"
+        amin, amax = self.area_ths
+        return f"{how}, area [{amin:g}, {'inf' if math.isinf(amax) else f'{amax:g}'}] px"
+
+
+@dataclass
+class _Candidate:
+    way: str
+    threshold: float  # foreground is strength > threshold (see _strength)
+    areas: list[np.ndarray]  # per frame, blob areas in decreasing order
+    score: float = 0.0
+    exact: float = 0.0
+    area_ths: tuple[float, float] = (0.0, math.inf)
+    cv: float = 0.0
+    typical: float = 0.0  # median area of the n largest blobs per frame
+
+    def segmentation(self) -> Segmentation:
+        background, sign = WAYS[self.way]
+        t = self.threshold
+        intensity = {"dark": (0.0, 254.0 - t), "light": (t + 1.0, 255.0)}.get(self.way, (t, 255.0))
+        return Segmentation(intensity, self.area_ths, background, sign, self.exact)
+
+
+def choose_segmentation(
+    frames: np.ndarray,
+    n_animals: int,
+    background: np.ndarray | None,
+    roi: np.ndarray | None = None,
+    intensity_ths: tuple[float, float] | None = None,
+    use_bkg: bool = False,
+    area_ths: tuple[float, float] | None = None,
+) -> Segmentation:
+    """The segmentation that makes the most ``frames`` (grey [k, H, W]) show exactly ``n_animals`` blobs.
+
+    ``background`` is needed unless intensity_ths is given without use_bkg. Given thresholds are
+    kept. Without a number of animals (0) there is nothing to count: the fallback is background
+    difference at a fraction of the animals' contrast (``contrast_segmentation``).
+    """
+    frames, background, roi = _crop_to_roi(frames, background, roi)
+    roi_area = float(roi.sum()) if roi is not None else float(frames[0].size)
+    roi_u8 = roi.view(np.uint8) * np.uint8(255) if roi is not None else None
+    step = max(1, len(frames) // min(SEARCH_FRAMES, max(8, int(SEARCH_PIXELS / roi_area))))
+    search_rows = np.arange(0, len(frames), step)
+    if intensity_ths is not None:  # only the area range is searched
+        areas = [_mask_areas(_given_mask(gray, intensity_ths, background, roi_u8, use_bkg)) for gray in frames]
+        if n_animals <= 0:
+            typical = typical_animal_area([a[a <= GIANT_SHARE * roi_area] for a in areas], 0)
+            return Segmentation(tuple(intensity_ths), (round(max(MIN_AREA_FRACTION * typical, MIN_AREA), 1),
+                                                       math.inf), use_bkg)
+        best = _fit(_Candidate("given", intensity_ths[0], areas), n_animals, roi_area, area_ths)
+        return Segmentation(tuple(intensity_ths), best.area_ths, use_bkg, 0, best.exact)
+    if n_animals <= 0:
+        return contrast_segmentation(frames, background, roi, area_ths)
+    ways = _ways(frames[search_rows], background, roi_u8, use_bkg)
+    finals = []
+    moving = None  # the best background way's fit: the size of the animals that move
+    for way, (grid, contrast) in ways.items():  # per way, the middle of its best plateau of thresholds
+        found = _areas_per_threshold(frames[search_rows], background, roi_u8, roi_area, way, grid)
+        row = [_fit(_Candidate(way, float(t), areas), n_animals, roi_area, area_ths)
+               for t, areas in zip(grid, found, strict=True)]
+        if not WAYS[way][0] and moving is not None and moving.score >= 0.25:
+            for c in row:  # raw blobs must be the animals the background shows, not dark corners or walls
+                if not 1 / AREA_RATIO <= c.typical / moving.typical <= AREA_RATIO:
+                    c.score = 0.0
+        pick = _plateau_middle(row)
+        if not WAYS[way][0] and moving is not None and moving.score >= 0.25 and _covered_share(
+                frames[search_rows], background, roi_u8, moving, pick) < 0.5:
+            continue
+        areas = _areas_per_threshold(frames, background, roi_u8, roi_area, way, [pick.threshold])[0]
+        full = _fit(_Candidate(way, pick.threshold, areas), n_animals, roi_area, area_ths)
+        full.score = 0.5 * full.score + 0.5 * pick.score
+        finals.append((full, contrast))
+        if WAYS[way][0] and (moving is None or full.score > moving.score):
+            moving = full
+    legacy = _legacy_candidate(frames, background, roi_u8, roi_area, n_animals, area_ths)
+    if not finals:
+        return legacy.segmentation()
+    # Raw thresholds must do clearly better (animals that sit still, which the background model holds):
+    # they are fragile under uneven light. Near ties: background ways first; among them, and among
+    # raw ones, the animals are the strongest contrast (not their shadows, not debris).
+    for c, _ in finals:
+        c.score -= 0.0 if WAYS[c.way][0] else RAW_MARGIN
+    top = max(c.score for c, _ in finals)
+    ties = [(c, contrast) for c, contrast in finals if c.score >= top - TIE]
+    group = [(c, contrast) for c, contrast in ties if WAYS[c.way][0]] or ties
+    strongest = max(contrast for _, contrast in group)
+    chosen = min((c for c, contrast in group if contrast >= strongest / 1.5), key=lambda c: list(WAYS).index(c.way))
+    if legacy is not None and legacy.exact > chosen.exact:  # never worse than the contrast rule on these frames
+        chosen = legacy
+    return chosen.segmentation()
+
+
+def _covered_share(frames, background, roi_u8, moving: _Candidate, raw: _Candidate) -> float:
+    """Share of the blobs of ``moving`` (a background way) whose centre is foreground for ``raw``."""
+    inside = total = 0
+    for gray in frames:
+        _, mask = cv2.threshold(_strength(moving.way, gray, background, roi_u8), moving.threshold, 255,
+                                cv2.THRESH_BINARY)
+        _, raw_mask = cv2.threshold(_strength(raw.way, gray, background, roi_u8), raw.threshold, 255,
+                                    cv2.THRESH_BINARY)
+        contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        for contour in contours:
+            m = cv2.moments(contour)
+            if m["m00"] > 0 and moving.area_ths[0] <= m["m00"] <= moving.area_ths[1]:
+                total += 1
+                inside += raw_mask[int(m["m01"] / m["m00"]), int(m["m10"] / m["m00"])] > 0
+    return inside / total if total else 1.0
+
+
+def _plateau_middle(row: list[_Candidate]) -> _Candidate:
+    """Stability: scores smoothed along the thresholds, then the middle of the run of thresholds
+    within TIE of the best (not its edge, where one step more merges or loses animals)."""
+    scores = [c.score for c in row]
+    smooth = [(scores[max(j - 1, 0)] + 2 * scores[j] + scores[min(j + 1, len(row) - 1)]) / 4 for j in range(len(row))]
+    best = int(np.argmax(smooth))
+    lo = hi = best
+    while lo > 0 and smooth[lo - 1] >= smooth[best] - TIE:
+        lo -= 1
+    while hi < len(row) - 1 and smooth[hi + 1] >= smooth[best] - TIE:
+        hi += 1
+    middle = row[(lo + hi) // 2]
+    middle.score = smooth[(lo + hi) // 2]
+    return middle
+
+
+def contrast_segmentation(
+    frames: np.ndarray, background: np.ndarray, roi: np.ndarray | None, area_ths: tuple[float, float] | None = None
+) -> Segmentation:
+    """Background difference at CONTRAST_FRACTION of the animals' contrast, floor MIN_AREA_FRACTION of
+    a typical blob: the rule for when the number of animals is unknown."""
+    frames, background, roi = _crop_to_roi(frames, background, roi)
+    roi_u8 = roi.view(np.uint8) * np.uint8(255) if roi is not None else None
+    roi_area = float(roi.sum()) if roi is not None else float(frames[0].size)
+    return _legacy_candidate(frames, background, roi_u8, roi_area, 0, area_ths).segmentation()
+
+
+def difference_threshold(histogram: np.ndarray) -> float:
+    """Threshold on ``|background - frame|`` from its histogram (256 counts) over sampled frames.
 
     The noise s.d. comes from the median absolute difference (almost all pixels are background);
     pixels far above the noise are animals, and the threshold is a fraction of their median
     contrast, so blurred edges are split halfway rather than at the noise floor.
     """
-    d = np.asarray(differences, np.float64).ravel()
-    sigma = max(1.4826 * float(np.median(d)), 0.5)
+    histogram = np.asarray(histogram, np.float64)
+    sigma = max(1.4826 * _median(histogram), 0.5)
     floor = MIN_NOISE_SIGMAS * sigma
-    strong = d[d > 2 * floor]
-    if len(strong) == 0:
+    strong = histogram.copy()
+    strong[: int(math.floor(2 * floor)) + 1] = 0
+    if strong.sum() == 0:
         return floor
-    return max(floor, CONTRAST_FRACTION * float(np.median(strong)))
+    return max(floor, CONTRAST_FRACTION * _median(strong))
 
 
-def typical_animal_area(areas: np.ndarray, frames: np.ndarray, n_animals: int) -> float:
-    """Median area of the ``n_animals`` largest blobs of each frame (all blobs if n is unknown)."""
-    areas = np.asarray(areas, np.float64)
-    if len(areas) == 0:
-        return 0.0
+def typical_animal_area(areas: list[np.ndarray], n_animals: int) -> float:
+    """Median area of the ``n_animals`` largest blobs of each frame (areas in decreasing order per
+    frame); of all blobs of at least a tenth of the largest if n is unknown (0)."""
     if n_animals <= 0:
-        return float(np.median(areas[areas >= 0.1 * areas.max()]))
-    order = np.lexsort((-areas, frames))
-    sorted_frames = np.asarray(frames)[order]
-    rank = np.arange(len(order)) - np.searchsorted(sorted_frames, sorted_frames)
-    return float(np.median(areas[order][rank < n_animals]))
+        every = np.concatenate(areas) if areas else np.zeros(0)
+        return float(np.median(every[every >= 0.1 * every.max()])) if len(every) else 0.0
+    top = np.concatenate([a[:n_animals] for a in areas]) if areas else np.zeros(0)
+    return float(np.median(top)) if len(top) else 0.0
 
 
-def minimum_area(typical_area: float) -> float:
-    return max(MIN_AREA_FRACTION * typical_area, 4.0)
+def _median(histogram: np.ndarray) -> float:
+    cumulative = np.cumsum(histogram)
+    return float(np.searchsorted(cumulative, cumulative[-1] / 2))
+
+
+def _crop_to_roi(frames, background, roi):
+    """Views of the ROI's bounding box: pixels outside it are never foreground."""
+    if roi is None:
+        return frames, background, None
+    roi = np.asarray(roi, bool)
+    ys, xs = np.nonzero(roi.any(axis=1))[0], np.nonzero(roi.any(axis=0))[0]
+    if len(ys) == 0:
+        return frames[:, :0, :0], None if background is None else background[:0, :0], roi[:0, :0]
+    box = (slice(ys[0], ys[-1] + 1), slice(xs[0], xs[-1] + 1))
+    return frames[(slice(None), *box)], None if background is None else background[box], np.ascontiguousarray(
+        roi[box])
+
+
+def _strength(way: str, gray: np.ndarray, background: np.ndarray | None, roi_u8: np.ndarray | None) -> np.ndarray:
+    """uint8 image whose values above a threshold are the foreground of ``way``; 0 outside the ROI."""
+    if way == "dark":
+        s = cv2.bitwise_not(gray)
+    elif way == "light":
+        s = gray
+    elif way == "difference":
+        s = cv2.absdiff(background, gray)
+    elif way == "darker":
+        s = cv2.subtract(background, gray)
+    else:
+        s = cv2.subtract(gray, background)
+    return cv2.bitwise_and(s, roi_u8) if roi_u8 is not None else s
+
+
+def _given_mask(gray, intensity_ths, background, roi_u8, use_bkg) -> np.ndarray:
+    lo, hi = intensity_ths
+    if use_bkg:
+        _, mask = cv2.threshold(cv2.absdiff(background, gray), lo, 255, cv2.THRESH_BINARY)
+    else:
+        lo_i, hi_i = max(math.ceil(lo), 0), min(math.floor(hi), 255)
+        mask = cv2.inRange(gray, lo_i, hi_i) if lo_i <= hi_i else np.zeros_like(gray)
+    return cv2.bitwise_and(mask, roi_u8) if roi_u8 is not None else mask
+
+
+def _mask_areas(mask: np.ndarray) -> np.ndarray:
+    """Filled pixel counts of the mask's external contours of at least MIN_AREA, in decreasing order.
+
+    Pick's theorem turns a contour's polygon area and boundary pixels into the pixel count of the
+    filled blob (exact for simple outlines), without filling anything.
+    """
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    if not contours:
+        return np.zeros(0)
+    lengths = np.fromiter(map(len, contours), np.int64, len(contours))
+    big = np.flatnonzero(lengths >= 4)
+    areas = np.array([cv2.contourArea(contours[i]) for i in big]) + lengths[big] / 2 + 1
+    return -np.sort(-areas[areas >= MIN_AREA])
+
+
+def _ways(frames, background, roi_u8, use_bkg) -> dict[str, tuple[np.ndarray, float]]:
+    """Thresholds to try and the animals' contrast for each way, from histograms of the sampled frames.
+
+    Each way runs from a few noise s.d. past the floor to COMPLETE_FRACTION of the animals' typical
+    contrast (the median strength of pixels far above the noise): stricter thresholds separate
+    touching animals better but keep only their cores, and identification images need whole
+    animals. A signed way is tried only when both sides of the background show contrast (else it is
+    "difference"); a way without contrast above its noise is not tried.
+    """
+    names = ["difference", "darker", "lighter"] if background is not None else []
+    if not use_bkg:
+        names += ["dark", "light"]
+    stats = {}
+    for way in names:
+        hist = np.zeros(256)
+        peaks = []
+        for gray in frames:
+            s = _strength(way, gray, background, roi_u8)
+            hist += _histogram(s, roi_u8)
+            peaks.append(cv2.minMaxLoc(s, roi_u8)[1])
+        stats[way] = (hist, float(np.median(peaks)))
+    grids = {}
+    sigma = max(1.4826 * _median(stats["difference"][0]), 0.5) if background is not None else None
+    if background is not None:
+        low = max(2.5 * sigma, 3.0)
+        sides = {w: stats[w][1] >= max(MIN_NOISE_SIGMAS * sigma, low + 6) for w in ("darker", "lighter")}
+        for way in ("difference", "darker", "lighter"):
+            if way == "difference" or all(sides.values()):
+                contrast = _contrast(stats[way][0], 0.0, MIN_NOISE_SIGMAS * sigma)
+                grids[way] = (_grid(low, COMPLETE_FRACTION * contrast), contrast)
+    for way in ("dark", "light"):
+        if way in stats:
+            hist, peak = stats[way]
+            level = _median(hist)
+            spread = np.abs(np.arange(256) - level)
+            order = np.argsort(spread)
+            mad = spread[order][np.searchsorted(np.cumsum(hist[order]), hist.sum() / 2)]  # noise and uneven light
+            noise = sigma if sigma is not None else 1.4826 * mad
+            cumulative = np.cumsum(hist)
+            floor_top = float(np.searchsorted(cumulative, FLOOR_SHARE * cumulative[-1]))  # darkest/lightest floor
+            low = max(level + 3 * noise, floor_top + 2 * noise, level + 3.0, level + 0.05 * (peak - level))
+            contrast = _contrast(hist, level, max(MIN_NOISE_SIGMAS * noise, 3 * mad, 6.0))
+            grids[way] = (_grid(low, level + COMPLETE_FRACTION * contrast), contrast)
+    return {w: g for w, g in grids.items() if len(g[0])}
+
+
+def _histogram(image: np.ndarray, roi_u8: np.ndarray | None) -> np.ndarray:
+    """256 counts of the values of every other row and column inside the ROI (plenty for quantiles)."""
+    mask = roi_u8[::2, ::2] if roi_u8 is not None else None
+    return cv2.calcHist([np.ascontiguousarray(image[::2, ::2])], [0], mask, [256], [0, 256]).ravel()
+
+
+def _contrast(hist: np.ndarray, level: float, floor: float) -> float:
+    """The animals' typical contrast: median strength above ``level`` (the floor's strength) of the
+    pixels more than 2 ``floor`` above it; 0 if there are none."""
+    strong = hist.copy()
+    strong[: min(int(level + 2 * floor) + 1, 256)] = 0
+    return _median(strong) - level if strong.sum() else 0.0
+
+
+def _grid(low: float, high: float) -> np.ndarray:
+    """Whole-number thresholds (foreground is > t) from low to high, at most GRID_SIZE of them."""
+    if high < low + 3:
+        return np.zeros(0)
+    return np.unique(np.round(np.linspace(low, high, GRID_SIZE)))
+
+
+def _areas_per_threshold(frames, background, roi_u8, roi_area, way, thresholds) -> list[list[np.ndarray]]:
+    """For each threshold, per frame the blob areas in decreasing order (a flooded frame: one giant blob)."""
+    found = [[] for _ in thresholds]
+    flood = GIANT_SHARE * roi_area
+    for gray in frames:
+        s = _strength(way, gray, background, roi_u8)
+        empty = False
+        for j, t in enumerate(thresholds):
+            if empty:  # higher thresholds of an empty mask are empty too
+                found[j].append(np.zeros(0))
+                continue
+            _, mask = cv2.threshold(s, float(t), 255, cv2.THRESH_BINARY)
+            foreground = cv2.countNonZero(mask)
+            if foreground > 2 * flood:
+                found[j].append(np.array([float(foreground)]))
+                continue
+            areas = _mask_areas(mask)
+            empty = len(areas) == 0
+            found[j].append(areas)
+    return found
+
+
+def _credit(counts: np.ndarray, n: int) -> np.ndarray:
+    """Per frame: 1 for exactly n blobs; less for merged animals (n-1 half, ...), less still for extra blobs."""
+    counts = np.asarray(counts, np.float64)
+    fewer = (counts / n) * 0.5 ** np.clip(n - counts, 0, 60)
+    more = 0.25 ** np.clip(counts - n, 0, 30)
+    return np.where(counts == n, 1.0, np.where(counts < n, fewer, more))
+
+
+def _fit(c: _Candidate, n: int, roi_area: float, area_ths) -> _Candidate:
+    """The candidate with its area range (given, or the floor that best shows n blobs) and scores."""
+    giant = GIANT_SHARE * roi_area
+    c.typical = typical = typical_animal_area([a[a <= giant] for a in c.areas], n)
+    if area_ths is not None:
+        ranges = [tuple(area_ths)]
+    else:
+        if typical <= 0:
+            c.score = c.exact = 0.0
+            return c
+        ceiling = min((n + 1) * typical, giant)
+        ranges = [(round(max(MIN_AREA, f * typical), 1), round(ceiling, 1)) for f in AREA_FRACTIONS]
+    tried = []
+    for amin, amax in ranges:
+        counts = np.array([np.count_nonzero((a >= amin) & (a <= amax)) for a in c.areas])
+        tried.append((float(np.mean(_credit(counts, n))), (amin, amax), counts))
+    top = max(t[0] for t in tried)
+    ties = [t for t in tried if t[0] >= top - 1e-9]
+    credit, (amin, amax), counts = ties[len(ties) // 2]  # the middle of equally good floors
+    exact_frames = [a[(a >= amin) & (a <= amax)] for a, k in zip(c.areas, counts, strict=True) if k == n]
+    areas = np.concatenate(exact_frames) if exact_frames else np.zeros(0)
+    c.cv = float(areas.std() / areas.mean()) if len(areas) > 1 else 0.0
+    c.area_ths, c.exact = (amin, amax), float(np.mean(counts == n))
+    c.score = credit - max(0.0, c.cv - MAX_AREA_CV)
+    return c
+
+
+def _legacy_candidate(frames, background, roi_u8, roi_area, n, area_ths) -> _Candidate | None:
+    """Background difference at a fraction of the contrast, floor at a fraction of a typical blob."""
+    if background is None:
+        return None
+    hist = sum(_histogram(_strength("difference", gray, background, roi_u8), roi_u8)
+               for gray in frames[:: max(1, len(frames) // 20)])
+    threshold = round(difference_threshold(hist), 1)
+    c = _Candidate("difference", threshold, _areas_per_threshold(frames, background, roi_u8, roi_area, "difference",
+                                                                 [threshold])[0])
+    if area_ths is None:
+        typical = typical_animal_area(c.areas, n)
+        area_ths = (round(max(MIN_AREA_FRACTION * typical, MIN_AREA), 1), math.inf)
+    return _fit(c, n, roi_area, area_ths) if n > 0 else replace(c, area_ths=tuple(area_ths))
+

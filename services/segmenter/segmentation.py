@@ -74,11 +74,14 @@ def foreground_mask(
     intensity_ths: tuple[float, float],
     background: np.ndarray | None = None,
     roi: np.ndarray | None = None,
+    sign: int = 0,
 ) -> np.ndarray:
     """uint8 0/255 mask of the pixels that may belong to animals (§2.3).
 
     Without background: ``lo <= pixel <= hi`` (inclusive, as cv2.inRange). With background:
     ``|background - pixel| > lo``; the upper value is ignored, as in idtracker.ai >= 5.2.5.
+    ``sign`` (Shoal's own) keeps one side only: -1 pixels darker than the background by more than
+    ``lo``, +1 lighter, so that a light animal's dark shadow or dark debris is not foreground.
     """
     lo, hi = intensity_ths
     if background is None:
@@ -88,7 +91,8 @@ def foreground_mask(
         else:
             mask = cv2.inRange(gray, lo_i, hi_i)
     else:
-        _, mask = cv2.threshold(cv2.absdiff(background, gray), lo, 255, cv2.THRESH_BINARY)
+        difference = {0: cv2.absdiff, -1: cv2.subtract, 1: lambda b, g: cv2.subtract(g, b)}[sign](background, gray)
+        _, mask = cv2.threshold(difference, lo, 255, cv2.THRESH_BINARY)
     if roi is not None:
         mask = cv2.bitwise_and(mask, mask, mask=np.asarray(roi, bool).view(np.uint8))
     return mask
@@ -157,9 +161,10 @@ def segment_frame(
     area_ths: tuple[float, float],
     background: np.ndarray | None = None,
     roi: np.ndarray | None = None,
+    sign: int = 0,
 ) -> BlobTable:
     """Blobs of one grey frame: threshold, restrict to the ROI, extract contours (§2.3-2.4)."""
-    return find_blobs(gray, foreground_mask(gray, intensity_ths, background, roi), frame_index, area_ths)
+    return find_blobs(gray, foreground_mask(gray, intensity_ths, background, roi, sign), frame_index, area_ths)
 
 
 def segment_frames(

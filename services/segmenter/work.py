@@ -7,7 +7,7 @@ body length, identification-image size); chunks are then independent and run on 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -15,15 +15,17 @@ import numpy as np
 from shoal.blobs import BlobTable, concat
 from shoal.knowledge import check_compatible, model_info
 from shoal.params import TrackingParams
-from shoal.video import VideoInfo, read_frames, sample_frames
+from shoal.video import VideoError, VideoInfo, damage_message, decode_sample, read_frames
 
-from .auto_thresholds import difference_threshold, minimum_area, typical_animal_area
+from .auto_thresholds import GIANT_SHARE, Segmentation, choose_segmentation
 from .crops import crop_geometry, identification_images
 from .roi import blob_regions, roi_mask, roi_regions
 from .segmentation import background_sample_indices, body_length, compute_background, segment_frame
 
 #: frames looked at by the probe to estimate body length and crop size
 PROBE_FRAMES = 50
+#: a warning when the decoder reports errors in at least this share of the sampled frames
+DAMAGED_SHARE = 0.1
 
 
 class SegmentationError(Exception):
@@ -43,6 +45,8 @@ class Probe:
     blobs_per_frame_median: float
     warnings: list[str]
     n_regions: int = 1  # exclusive arenas (connected ROI regions) when exclusive_rois, else 1
+    background_sign: int = 0  # with a background: -1 animals darker than it, +1 lighter, 0 either side
+    exact_share: float | None = None  # share of sampled frames with exactly number_of_animals blobs
 
     def to_dict(self) -> dict:
         d = dict(self.__dict__)
@@ -51,8 +55,10 @@ class Probe:
 
     @classmethod
     def from_dict(cls, d: dict) -> Probe:
+        """From ``to_dict``'s dict; keys of other versions are ignored and missing optional ones defaulted."""
+        known = {f.name for f in fields(cls)}
         lo, hi = d["area_ths"]
-        return cls(**{**d, "area_ths": (lo, math.inf if hi is None else hi),
+        return cls(**{**{k: v for k, v in d.items() if k in known}, "area_ths": (lo, math.inf if hi is None else hi),
                       "intensity_ths": tuple(d["intensity_ths"])})
 
 
@@ -62,51 +68,54 @@ def tracked_frames(info: VideoInfo, params: TrackingParams) -> np.ndarray:
 
 
 def probe(info: VideoInfo, params: TrackingParams, job_dir: Path) -> Probe:
-    """Background, thresholds (when not given), body length and crop size from sampled frames."""
+    """Background, segmentation (what the user did not give), body length and crop size from sampled frames."""
     frames = tracked_frames(info, params)
     roi = roi_mask(params.roi_list, info.width, info.height) if params.roi_list else None
     n_sample = max(PROBE_FRAMES, params.number_of_frames_for_background)
     picks = frames[background_sample_indices(len(frames), n_sample)]
-    sample = sample_frames(info, picks)  # seeking is the slow part: one sample serves every estimate
+    decoded = decode_sample(info, picks)  # seeking is the slow part: one sample serves every estimate
+    if decoded.failed:
+        raise VideoError(damage_message(info, decoded))
+    sample = decoded.frames
     warnings: list[str] = []
-    background_path = background = None
-    intensity = params.intensity_ths
-    if params.use_bkg or intensity is None:
+    if len(decoded.complained) >= DAMAGED_SHARE * len(picks):
+        warnings.append(_damage_note(info, decoded.complained, len(picks)))
+    n = params.number_of_animals
+    background = None
+    if params.use_bkg or params.intensity_ths is None:
         bkg_rows = background_sample_indices(len(picks), params.number_of_frames_for_background)
         background = compute_background(sample[bkg_rows], params.background_subtraction_stat, roi)
+    if params.intensity_ths is not None and params.area_ths is not None:
+        chosen = Segmentation(params.intensity_ths, params.area_ths, params.use_bkg)
+    else:
+        chosen = choose_segmentation(sample, n, background, roi, params.intensity_ths, params.use_bkg,
+                                     params.area_ths)
+    background_path = None
+    if chosen.background:
         background_path = job_dir / "background.npy"
         np.save(background_path, background)
-    if intensity is None:
-        diffs = np.abs(sample[:: max(1, len(sample) // 20)].astype(np.int16) - background.astype(np.int16))
-        intensity = (round(difference_threshold(diffs[:, roi] if roi is not None else diffs), 1), 255.0)
-        warnings.append(f"no intensity_ths given: background subtraction with difference > {intensity[0]:g} "
-                        "chosen from the video")
-    area = params.area_ths or (0.0, math.inf)
-
-    def segment_sample(area_ths: tuple[float, float]) -> BlobTable:
-        return concat([segment_frame(gray, int(i), intensity, area_ths, background, roi)
-                       for i, gray in zip(picks, sample, strict=True)])
-
-    table = segment_sample(area)
-    if params.area_ths is None and len(table):
-        area = (round(minimum_area(typical_animal_area(table.area, table.frame, params.number_of_animals)), 1),
-                math.inf)
-        table = segment_sample(area)
-    if len(table) == 0:
-        how = (f"background difference > {intensity[0]:g}" if background is not None
-               else "intensity in [{:g}, {:g}]".format(*intensity))
-        raise SegmentationError(
-            f"no animals found in {len(picks)} sampled frames with {how} and area in "
-            f"[{area[0]:g}, {area[1]:g}] px: adjust intensity_ths (light animals on a dark background need "
-            "e.g. [150, 255]), area_ths, the ROI, or try background subtraction (--bkg)")
+    else:
+        background = None
+    intensity, area = tuple(chosen.intensity_ths), tuple(chosen.area_ths)
+    table = concat([segment_frame(gray, int(i), intensity, area, background, roi, chosen.sign)
+                    for i, gray in zip(picks, sample, strict=True)])
     counts = np.bincount(np.searchsorted(picks, table.frame), minlength=len(picks))
-    n = params.number_of_animals or int(np.bincount(counts).argmax())
+    exact = float(np.mean(counts == n)) if n else None
+    roi_area = float(roi.sum()) if roi is not None else float(info.width * info.height)
+    try:
+        _check_blobs(table, counts, len(picks), roi_area, chosen, params)
+    except SegmentationError as exc:
+        if decoded.complained:  # garbage frames are no threshold's fault
+            raise SegmentationError(f"{exc}; but first: {_damage_note(info, decoded.complained, len(picks))}") from None
+        raise
+    if params.intensity_ths is None or params.area_ths is None:
+        given = [name for name in ("intensity_ths", "area_ths") if getattr(params, name) is not None]
+        note = f"automatic segmentation{f' ({given[0]} as given)' if given else ''}: {chosen.describe()}"
+        warnings.append(note + (f": {exact:.0%} of {len(picks)} sampled frames show exactly {_animals(n)}" if n
+                                else " (number of animals unknown)"))
+    n = n or int(np.bincount(counts).argmax())
     if params.number_of_animals:
         over = float(np.mean(counts > n))
-        if over > 0.5:
-            raise SegmentationError(
-                f"{over:.0%} of sampled frames have more blobs than the {n} animals: the thresholds catch "
-                "debris or reflections; raise area_ths' minimum, narrow intensity_ths or set a ROI")
         if over > 0:
             warnings.append(f"{over:.1%} of sampled frames have more blobs than animals (debris or reflections?)")
         if not np.any(counts == n):
@@ -124,8 +133,66 @@ def probe(info: VideoInfo, params: TrackingParams, job_dir: Path) -> Probe:
                 "separate regions (exclusive arenas); give one count per region, in raster order of their top")
         if n_regions == 1:
             warnings.append("exclusive_rois: the ROI is one connected region, so there is a single arena")
-    return Probe(length, side, scale, tuple(intensity), area, str(background_path) if background_path else None,
-                 float(np.median(counts)), warnings, n_regions)
+    return Probe(length, side, scale, intensity, area, str(background_path) if background_path else None,
+                 float(np.median(counts)), warnings, n_regions, chosen.sign, exact)
+
+
+def _check_blobs(table: BlobTable, counts: np.ndarray, n_sampled: int, roi_area: float, chosen: Segmentation,
+                 params: TrackingParams) -> None:
+    """Stop at the probe when the blobs cannot be the animals: none at all, blobs covering the arena,
+    far fewer blobs than animals in every sampled frame (unless the user says animals hide), or more
+    blobs than animals in most."""
+    how = chosen.describe()
+    if len(table) == 0:
+        raise SegmentationError(f"no animals found in {n_sampled} sampled frames with {how}: "
+                                f"{_what_to_change(params, 'none')}")
+    giant = table.area > GIANT_SHARE * roi_area
+    giant_frames = len(np.unique(table.frame[giant]))
+    if giant_frames > 0.5 * n_sampled:
+        where = "ROI" if params.roi_list else "frame"
+        share = float(np.median(table.area[giant]) / roi_area)
+        raise SegmentationError(
+            f"{how} makes a blob covering {share:.0%} of the {where} in {giant_frames} of {n_sampled} sampled "
+            f"frames: that is the background, not animals; {_what_to_change(params, 'giant')}")
+    n, most = params.number_of_animals, int(counts.max())
+    if n and most < n / 2 and not params.allow_missing_animals:
+        raise SegmentationError(
+            f"number_of_animals (--animals) is {n} but there are at most {most} blob{'s' if most != 1 else ''} in "
+            f"any of {n_sampled} sampled frames with {how}: give the number of animals in the video, "
+            f"{_what_to_change(params, 'fewer')}, or allow_missing_animals (--allow-missing-animals) if most "
+            "animals are out of sight")
+    over = float(np.mean(counts > n)) if n else 0.0
+    if over > 0.5:
+        raise SegmentationError(
+            f"{over:.0%} of sampled frames have more blobs than the {_animals(n)} with {how}: the thresholds "
+            f"catch debris or reflections; {_what_to_change(params, 'more')}")
+
+
+def _animals(n: int) -> str:
+    return f"{n} animal{'s' if n != 1 else ''}"
+
+
+def _damage_note(info: VideoInfo, complained: list[int], n_sampled: int) -> str:
+    files = sorted({info.paths[info.file_of(i)] for i in complained})
+    return (f"{', '.join(files)} {'is' if len(files) == 1 else 'are'} damaged: the decoder reports errors in "
+            f"{len(complained)} of {n_sampled} sampled frames (first at frame {complained[0]}), which then show "
+            "garbage; repair or re-encode the video")
+
+
+def _what_to_change(params: TrackingParams, problem: str) -> str:
+    """The advice of a segmentation error: which threshold to change, in the terms of the flags."""
+    intensity, area = "intensity_ths (--intensity)", "area_ths (--area)"
+    if problem == "giant":
+        if params.intensity_ths is not None:
+            return (f"narrow {intensity}: dark animals on a light background need e.g. [0, 120], light ones on "
+                    f"a dark background [150, 255]; or lower the maximum of {area}")
+        return f"lower the maximum of {area}, or leave --area out to choose it from the video"
+    if problem == "more":
+        return f"raise the minimum of {area}, narrow {intensity} or set a ROI"
+    if problem == "fewer":
+        return f"check {intensity} and {area}"
+    return (f"adjust {intensity} (light animals on a dark background need e.g. [150, 255]), {area}, the ROI, "
+            "or try background subtraction (--bkg)")
 
 
 def segment_chunk(
@@ -141,7 +208,7 @@ def segment_chunk(
     background = np.load(probe.background) if probe.background else None
     tables, crops = [], []
     for index, gray in read_frames(info, start, stop):
-        table = segment_frame(gray, index, probe.intensity_ths, probe.area_ths, background, roi)
+        table = segment_frame(gray, index, probe.intensity_ths, probe.area_ths, background, roi, probe.background_sign)
         if regions is not None:
             table.region = blob_regions(table, regions)
         tables.append(table)
