@@ -67,6 +67,9 @@ def _add_tracking_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--exclusive-rois", action="store_true",
                    help="each separate region of the ROI is its own arena; identities are numbered "
                         "region by region (exclusive_rois)")
+    g.add_argument("--allow-missing-animals", action="store_true",
+                   help="track even when no sampled frame shows half of --animals (allow_missing_animals; "
+                        "e.g. animals hidden most of the time)")
     g.add_argument("--animals-per-roi", type=int, nargs="+", metavar="N",
                    help="animals in each exclusive region, regions in raster order of their top pixel "
                         "(default: read from frames showing all animals apart)")
@@ -110,6 +113,7 @@ def build_params(args: argparse.Namespace, videos: list[str]) -> TrackingParams:
         "output_video": True if args.video else None, "video_trail": args.video_trail,
         "output_individual_videos": True if args.individual_videos else None,
         "individual_video_size": args.individual_video_size,
+        "allow_missing_animals": True if args.allow_missing_animals else None,
     }
     if args.intervals:
         if len(args.intervals) % 2:

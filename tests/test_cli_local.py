@@ -95,6 +95,19 @@ def test_interrupted_run_removes_its_work_folder(flies: Path, tmp_path: Path):
     assert _work_folders(tmp) == []
 
 
+@pytest.mark.slow
+def test_far_more_animals_than_the_video_shows_exits_2_unless_allowed(flies: Path, tmp_path: Path):
+    tmp, out = tmp_path / "tmp", tmp_path / "session"
+    tmp.mkdir()
+    run = _shoal("track", str(flies), "--animals", "40", "--no-identities", "--out", str(out), "--quiet", tmp=tmp)
+    _one_line(run, 2, "is 40 but there are at most", "--allow-missing-animals")
+    assert not out.exists() and _work_folders(tmp) == []
+    allowed = _shoal("track", str(flies), "--animals", "40", "--no-identities", "--allow-missing-animals",
+                     "--out", str(out), "--quiet", tmp=tmp)
+    assert allowed.returncode == 0, allowed.stderr
+    assert "no sampled frame shows all 40 animals" in allowed.stderr  # still said, as a warning
+
+
 # -- session.json and --overwrite --------------------------------------------------------------------
 
 @pytest.mark.slow

@@ -429,6 +429,8 @@ def effective_parameters(params: dict, probe: dict, number_of_animals: int, back
         "background_subtraction": subtracted,
         "background_subtraction_stat": params.get("background_subtraction_stat") if subtracted else None,
         "background_difference_threshold": intensity[0] if subtracted else None,
+        # which side of the background counts: animals darker (-1), lighter (+1) or either (0)
+        "background_sign": int(probe.get("background_sign", 0)) if subtracted else None,
         "background_model": background_model,
         "intensity_ths": intensity,
         "area_ths": [float(lo), None if hi is None or math.isinf(hi) else float(hi)],
@@ -437,6 +439,7 @@ def effective_parameters(params: dict, probe: dict, number_of_animals: int, back
         "id_image_scale": float(probe["crop_scale"]),
         "identities": not params.get("track_wo_identities", False),
         "chosen_from_video": chosen,
+        "segmentation_fit": probe.get("exact_share"),  # share of sampled frames showing exactly N blobs
     }
     if params.get("exclusive_rois"):
         effective["arenas"] = int(probe.get("n_regions", 1))
