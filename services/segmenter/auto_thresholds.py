@@ -49,8 +49,20 @@ SEARCH_FRAMES = 25
 AREA_RATIO = 2.0
 #: raw thresholds start beyond this share of the ROI's pixels (the floor, however unevenly lit)
 FLOOR_SHARE = 0.9
-#: blobs of one animal each vary less than this in area (coefficient of variation); more costs score
+#: each animal's blob varies less than this in area (coefficient of variation per size rank); more costs score
 MAX_AREA_CV = 0.35
+#: light-animal thresholds are tried up to this fraction of the way from the floor to the brightest pixels
+RAW_REACH = 0.8
+#: a background way that shows N blobs this well witnesses against raw blobs of another size or place
+WITNESS_SCORE = 0.25
+#: ... unless the raw threshold shows the N animals in this share of the frames, with consistent sizes,
+#: and beats the witness by DECISIVE_MARGIN: then the background way found shadows, ghosts of animals
+#: that sat still, or compression noise (light flies on a dark mesh)
+DECISIVE_EXACT = 0.9
+DECISIVE_MARGIN = 0.2
+#: ... and two in five of its blobs have moved by more than MIN_MOVE px from one sampled frame to the next
+MOVING_PERCENTILE = 60
+MIN_MOVE = 3.0
 #: raw thresholds are chosen over background ones only when they score this much better
 RAW_MARGIN = 0.1
 #: scores this close count as equal
@@ -137,14 +149,20 @@ def choose_segmentation(
         found = _areas_per_threshold(frames[search_rows], background, roi_u8, roi_area, way, grid)
         row = [_fit(_Candidate(way, float(t), areas), n_animals, roi_area, area_ths)
                for t, areas in zip(grid, found, strict=True)]
-        if not WAYS[way][0] and moving is not None and moving.score >= 0.25:
+        witness = not WAYS[way][0] and moving is not None and moving.score >= WITNESS_SCORE
+        if witness:
             for c in row:  # raw blobs must be the animals the background shows, not dark corners or walls
-                if not 1 / AREA_RATIO <= c.typical / moving.typical <= AREA_RATIO:
+                if not 1 / AREA_RATIO <= c.typical / moving.typical <= AREA_RATIO and not _decisive(c, moving):
                     c.score = 0.0
         pick = _plateau_middle(row)
-        if not WAYS[way][0] and moving is not None and moving.score >= 0.25 and _covered_share(
-                frames[search_rows], background, roi_u8, moving, pick) < 0.5:
-            continue
+        if witness:
+            # a decisive raw threshold must still show something that moves: four dark corners are four
+            # steady blobs in every frame, and none of them is an animal
+            if _decisive(pick, moving):
+                if not _moves(frames[search_rows], background, roi_u8, pick):
+                    continue
+            elif _covered_share(frames[search_rows], background, roi_u8, moving, pick) < 0.5:
+                continue
         areas = _areas_per_threshold(frames, background, roi_u8, roi_area, way, [pick.threshold])[0]
         full = _fit(_Candidate(way, pick.threshold, areas), n_animals, roi_area, area_ths)
         full.score = 0.5 * full.score + 0.5 * pick.score
@@ -167,6 +185,24 @@ def choose_segmentation(
     if legacy is not None and legacy.exact > chosen.exact:  # never worse than the contrast rule on these frames
         chosen = legacy
     return chosen.segmentation()
+
+
+def _decisive(raw: _Candidate, moving: _Candidate) -> bool:
+    """A raw candidate good enough to overrule the background way that witnesses against it."""
+    return raw.exact >= DECISIVE_EXACT and raw.cv <= MAX_AREA_CV and raw.score >= moving.score + DECISIVE_MARGIN
+
+
+def _moves(frames, background, roi_u8, c: _Candidate) -> bool:
+    """Whether blobs of ``c`` are often elsewhere in the next sampled frame (animals move; corners do not)."""
+    centres = []
+    for gray in frames:
+        _, mask = cv2.threshold(_strength(c.way, gray, background, roi_u8), c.threshold, 255, cv2.THRESH_BINARY)
+        _, _, stats, cents = cv2.connectedComponentsWithStats(mask, connectivity=8)
+        keep = (stats[1:, cv2.CC_STAT_AREA] >= c.area_ths[0]) & (stats[1:, cv2.CC_STAT_AREA] <= c.area_ths[1])
+        centres.append(cents[1:][keep])
+    shifts = [np.min(np.linalg.norm(a[:, None] - b[None], axis=2), axis=1)
+              for a, b in zip(centres[:-1], centres[1:], strict=True) if len(a) and len(b)]
+    return bool(shifts) and float(np.percentile(np.concatenate(shifts), MOVING_PERCENTILE)) > MIN_MOVE
 
 
 def _covered_share(frames, background, roi_u8, moving: _Candidate, raw: _Candidate) -> float:
@@ -340,7 +376,12 @@ def _ways(frames, background, roi_u8, use_bkg) -> dict[str, tuple[np.ndarray, fl
             floor_top = float(np.searchsorted(cumulative, FLOOR_SHARE * cumulative[-1]))  # darkest/lightest floor
             low = max(level + 3 * noise, floor_top + 2 * noise, level + 3.0, level + 0.05 * (peak - level))
             contrast = _contrast(hist, level, max(MIN_NOISE_SIGMAS * noise, 3 * mad, 6.0))
-            grids[way] = (_grid(low, level + COMPLETE_FRACTION * contrast), contrast)
+            # light animals on a dark floor share it with lighter mesh, hair or glare: only thresholds
+            # near the animals' own level isolate them, so those go most of the way to the brightest
+            # pixels. Dark animals keep the short reach: deep into the dark, fish show only their markings
+            reach = RAW_REACH * (peak - level) if way == "light" else 0.0
+            high = level + max(COMPLETE_FRACTION * contrast, reach)
+            grids[way] = (_grid(low, high), contrast)
     return {w: g for w, g in grids.items() if len(g[0])}
 
 
@@ -415,8 +456,10 @@ def _fit(c: _Candidate, n: int, roi_area: float, area_ths) -> _Candidate:
     ties = [t for t in tried if t[0] >= top - 1e-9]
     credit, (amin, amax), counts = ties[len(ties) // 2]  # the middle of equally good floors
     exact_frames = [a[(a >= amin) & (a <= amax)] for a, k in zip(c.areas, counts, strict=True) if k == n]
-    areas = np.concatenate(exact_frames) if exact_frames else np.zeros(0)
-    c.cv = float(areas.std() / areas.mean()) if len(areas) > 1 else 0.0
+    # per size rank (largest blob of each frame, second largest, ...): animals may differ in size, as a
+    # female and a male do, but each keeps hers from frame to frame
+    ranks = np.array(exact_frames) if exact_frames else np.zeros((0, n))
+    c.cv = float(np.mean(ranks.std(axis=0) / ranks.mean(axis=0))) if len(ranks) > 1 else 0.0
     c.area_ths, c.exact = (amin, amax), float(np.mean(counts == n))
     c.score = credit - max(0.0, c.cv - MAX_AREA_CV)
     return c
