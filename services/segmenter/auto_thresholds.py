@@ -60,9 +60,8 @@ WITNESS_SCORE = 0.25
 #: that sat still, or compression noise (light flies on a dark mesh)
 DECISIVE_EXACT = 0.9
 DECISIVE_MARGIN = 0.2
-#: ... and, in this share of the frames, one of its blobs is more than MIN_MOVE px from every blob of
-#: the frame half the sample later
-MOVING_PAIRS = 0.5
+#: ... and two in five of its blobs have moved by more than MIN_MOVE px from one sampled frame to the next
+MOVING_PERCENTILE = 60
 MIN_MOVE = 3.0
 #: raw thresholds are chosen over background ones only when they score this much better
 RAW_MARGIN = 0.1
@@ -194,19 +193,16 @@ def _decisive(raw: _Candidate, moving: _Candidate) -> bool:
 
 
 def _moves(frames, background, roi_u8, c: _Candidate) -> bool:
-    """Whether some blob of ``c`` is elsewhere later in the sample (animals move, even if one of them
-    never does; corners do not)."""
+    """Whether blobs of ``c`` are often elsewhere in the next sampled frame (animals move; corners do not)."""
     centres = []
     for gray in frames:
         _, mask = cv2.threshold(_strength(c.way, gray, background, roi_u8), c.threshold, 255, cv2.THRESH_BINARY)
         _, _, stats, cents = cv2.connectedComponentsWithStats(mask, connectivity=8)
         keep = (stats[1:, cv2.CC_STAT_AREA] >= c.area_ths[0]) & (stats[1:, cv2.CC_STAT_AREA] <= c.area_ths[1])
         centres.append(cents[1:][keep])
-    # each frame against the one half the sample later: an animal that walks slowly has got somewhere
-    half = max(1, len(centres) // 2)
-    moved = [float(np.min(np.linalg.norm(a[:, None] - b[None], axis=2), axis=1).max()) > MIN_MOVE
-             for a, b in zip(centres[:-half], centres[half:], strict=True) if len(a) and len(b)]
-    return bool(moved) and float(np.mean(moved)) >= MOVING_PAIRS
+    shifts = [np.min(np.linalg.norm(a[:, None] - b[None], axis=2), axis=1)
+              for a, b in zip(centres[:-1], centres[1:], strict=True) if len(a) and len(b)]
+    return bool(shifts) and float(np.percentile(np.concatenate(shifts), MOVING_PERCENTILE)) > MIN_MOVE
 
 
 def _covered_share(frames, background, roi_u8, moving: _Candidate, raw: _Candidate) -> float:
