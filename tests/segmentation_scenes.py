@@ -37,6 +37,7 @@ class Scene:
     debris: int = 0  # static specks and hairs, half lighter and half darker than the floor
     moving_debris: int = 0  # specks that jump to a new place every few frames
     still: int = 0  # animals that never move (background subtraction cannot see them)
+    big: float = 1.0  # the first animal is this many times longer (a female orb-weaver and her male)
     school: bool = False  # animals stay within about a body length of each other
     dark_ends: float = 0.0  # share of the width at each end where the tank is dark
     shadow: float = 0.0  # offset of each animal's dark shadow, in body widths (0: none)
@@ -51,6 +52,7 @@ class Scene:
         floor = self._floor(rng)
         light = self._illumination()
         lengths = self.body_length * rng.uniform(0.9, 1.1, self.n_animals)
+        lengths[:1] *= self.big
         greys = self.animal + (self.animal - self.floor) * rng.uniform(-0.1, 0.1, self.n_animals)
         positions = self._paths(rng)
         headings = self._headings(positions, rng)

@@ -32,6 +32,9 @@ SCHOOL = Scene(n_animals=8, n_frames=50, width=320, height=240, floor=190, anima
 STILL = Scene(n_animals=4, n_frames=50, width=320, height=240, floor=180, animal=60, body_length=24, body_width=7,
               still=2, gradient=0.3, seed=6)
 #: light animals on a vignetted dark floor: its dark corners make four blobs of their own
+#: a large female that never moves and a small male that does, on a web with dust
+SPIDERS = Scene(n_animals=2, n_frames=50, width=320, height=240, floor=170, animal=60, body_length=8, body_width=3,
+                still=1, big=6, debris=10, gradient=0.1, speed=0.5, seed=8)
 CORNERS = Scene(n_animals=4, n_frames=50, width=320, height=240, floor=50, animal=200, body_length=24, body_width=7,
                 vignette=0.6, debris=30, jpeg_quality=70, seed=5)
 
@@ -52,11 +55,13 @@ def fit(scene: Scene, frames: np.ndarray, truth: np.ndarray, seg, background) ->
 @pytest.fixture(scope="module")
 def rendered():
     return {name: scene.render() for name, scene in
-            {"flies": FLIES, "school": SCHOOL, "still": STILL, "corners": CORNERS}.items()}
+            {"flies": FLIES, "school": SCHOOL, "still": STILL, "corners": CORNERS,
+                                               "spiders": SPIDERS}.items()}
 
 
 @pytest.mark.parametrize("name, scene, at_least", [("flies", FLIES, 0.95), ("school", SCHOOL, 0.35),
-                                                   ("still", STILL, 0.8), ("corners", CORNERS, 0.4)])
+                                                   ("still", STILL, 0.8), ("corners", CORNERS, 0.4),
+                                                   ("spiders", SPIDERS, 0.9)])
 def test_the_chosen_segmentation_shows_the_animals_and_beats_the_contrast_rule(rendered, name, scene, at_least):
     frames, truth = rendered[name]
     background = compute_background(frames)

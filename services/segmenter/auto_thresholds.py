@@ -152,7 +152,8 @@ def choose_segmentation(
         witness = not WAYS[way][0] and moving is not None and moving.score >= WITNESS_SCORE
         if witness:
             for c in row:  # raw blobs must be the animals the background shows, not dark corners or walls
-                if not 1 / AREA_RATIO <= c.typical / moving.typical <= AREA_RATIO and not _decisive(c, moving):
+                if not 1 / AREA_RATIO <= c.typical / moving.typical <= AREA_RATIO and not (
+                        _decisive(c, moving) and _moves(frames[search_rows], background, roi_u8, c)):
                     c.score = 0.0
         pick = _plateau_middle(row)
         if witness:
@@ -188,8 +189,10 @@ def choose_segmentation(
 
 
 def _decisive(raw: _Candidate, moving: _Candidate) -> bool:
-    """A raw candidate good enough to overrule the background way that witnesses against it."""
-    return raw.exact >= DECISIVE_EXACT and raw.cv <= MAX_AREA_CV and raw.score >= moving.score + DECISIVE_MARGIN
+    """A raw candidate good enough to overrule the background way that witnesses against it: clearly
+    better, or missing the N animals in at most a third as many frames."""
+    return raw.exact >= DECISIVE_EXACT and raw.cv <= MAX_AREA_CV and (
+        raw.score >= moving.score + DECISIVE_MARGIN or 1 - raw.exact <= (1 - moving.exact) / 3)
 
 
 def _moves(frames, background, roi_u8, c: _Candidate) -> bool:
@@ -447,7 +450,12 @@ def _fit(c: _Candidate, n: int, roi_area: float, area_ths) -> _Candidate:
             c.score = c.exact = 0.0
             return c
         ceiling = min((n + 1) * typical, giant)
-        ranges = [(round(max(MIN_AREA, f * typical), 1), round(ceiling, 1)) for f in AREA_FRACTIONS]
+        # animals may differ in size (a female orb-weaver is 25 times her male): floors below the
+        # smallest animal too, the n-th largest blob of the frames that show at least n
+        smallest = [a[n - 1] for a in c.areas if n - 1 < len(a) and a[n - 1] <= giant]
+        bases = {typical, float(np.median(smallest))} if smallest else {typical}
+        ranges = sorted({(round(max(MIN_AREA, f * base), 1), round(ceiling, 1)) for base in bases
+                         for f in AREA_FRACTIONS})
     tried = []
     for amin, amax in ranges:
         counts = np.array([np.count_nonzero((a >= amin) & (a <= amax)) for a in c.areas])
