@@ -106,6 +106,25 @@ def test_output_dir_outside_the_data_root_is_permission_denied(stub):
     assert not Path(request.output_dir).exists()
 
 
+def test_a_session_folder_is_never_overwritten_nor_shared(stub, data_root):
+    earlier = data_root / "sessions" / "earlier"
+    earlier.mkdir(parents=True)
+    (earlier / "session.json").write_text("{}")
+    request = _request(["squares.avi"])
+    request.output_dir = str(earlier)
+    err = _error(stub.SubmitJob, request)
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "not empty" in err.details() and (earlier / "session.json").read_text() == "{}"
+
+    first = _request(["squares.avi"], intensity_ths=[0, 1])  # fails fast at the probe
+    first.output_dir = "sessions/next"
+    job = stub.SubmitJob(first, timeout=10)
+    err = _error(stub.SubmitJob, first)
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert job.job_id in err.details()
+    _watch_until_final(stub, job.job_id)
+
+
 @pytest.mark.parametrize(("folder", "code"), [("/etc", grpc.StatusCode.PERMISSION_DENIED),
                                              (".", grpc.StatusCode.INVALID_ARGUMENT)], ids=["outside", "no-model"])
 def test_knowledge_transfer_reads_only_a_session_under_the_data_root(stub, folder, code):

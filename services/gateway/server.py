@@ -104,6 +104,7 @@ class JobService(pb_grpc.JobServiceServicer):
         self.max_upload_bytes = max_upload_bytes
         self.max_watchers = max_watchers
         self._watch_slots = threading.BoundedSemaphore(max_watchers)
+        self._submitting = threading.Lock()
 
     # -- helpers --
 
@@ -138,12 +139,29 @@ class JobService(pb_grpc.JobServiceServicer):
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
 
     def _output_dir(self, request: pb.SubmitJobRequest, job_id: str) -> str:
-        return self._inside_root(request.output_dir or str(self.data_root / "sessions" / job_id), "output_dir")
+        """The job's session folder: inside the data root, and never one that holds a session already
+        (the gateway does not overwrite a session) or that a queued or running job will write."""
+        output_dir = self._inside_root(request.output_dir or str(self.data_root / "sessions" / job_id), "output_dir")
+        folder = Path(output_dir)
+        if folder.exists() and not folder.is_dir():
+            raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
+                               f"output_dir {request.output_dir!r} is a file; choose a folder")
+        if folder.is_dir() and any(folder.iterdir()):
+            raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
+                               f"output_dir {request.output_dir!r} is not empty; choose another folder (the gateway "
+                               f"never overwrites a session)")
+        for state in ("QUEUED", "RUNNING"):
+            other = next((r for r in self.store.list(state, limit=10_000) if r.output_dir == output_dir), None)
+            if other is not None:
+                raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
+                                   f"output_dir {request.output_dir!r} is the session folder of job {other.job_id}, "
+                                   f"which is {state.lower()}; choose another folder")
+        return output_dir
 
     def _create(self, request: pb.SubmitJobRequest, videos: list[str], job_id: str) -> pb.Job:
         """Check the parameters against the videos themselves, then store the job and wake the scheduler."""
         params = self._params(request, videos)
-        output_dir = self._output_dir(request, job_id)
+        self._output_dir(request, job_id)  # a bad folder fails before the videos are read
         if params.knowledge_transfer_folder:
             self._check_knowledge(params)
         try:
@@ -156,7 +174,8 @@ class JobService(pb_grpc.JobServiceServicer):
                                    f"tracking_intervals: interval {i} ends at frame {end} but the video has "
                                    f"{info.n_frames} frames")
         name = request.name or Path(videos[0]).stem
-        rec = self.store.create(job_id, name, params.to_dict(), videos, output_dir)
+        with self._submitting:  # two jobs never pass the session folder check for the same folder
+            rec = self.store.create(job_id, name, params.to_dict(), videos, self._output_dir(request, job_id))
         self.scheduler.poke()
         return job_message(rec)
 
