@@ -127,7 +127,7 @@ def test_contrastive_works_without_global_fragments(video):
 
 
 def test_same_seed_gives_identical_probabilities_on_cpu():
-    images, request, _ = make_video(3, 120, seed=5)
+    images, request, _ = make_video(2, 100, seed=5)
     first = LocalIdentifier(images, device="cpu").learn_identities(request)
     second = LocalIdentifier(images, device="cpu").learn_identities(request)
     assert np.array_equal(first.probabilities, second.probabilities)

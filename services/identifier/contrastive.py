@@ -27,6 +27,9 @@ from shoal.learning import Progress
 POSITIVE_MARGIN = 1.0
 NEGATIVE_MARGIN = 10.0
 SILHOUETTE_TARGET = 0.91
+#: a loss below this share of the first check's means the training pairs meet their margins: the
+#: hinge losses then give no gradient, and more steps only memorise (few fragments, large crops)
+LOSS_FIT = 0.01
 MIN_FRAGMENT_IMAGES = 4  # "long" fragments, as v6
 
 
@@ -271,6 +274,10 @@ def train_contrastive(
         if (agreement, score) > best[:2]:
             best = (agreement, score, copy.deepcopy(model.state_dict()), centres)
         since_best = 0 if improved else since_best + 1
+        first_loss = history[0][1]
+        if running_loss < LOSS_FIT * first_loss:
+            reason = "the training pairs meet their margins"
+            break
         if score > SILHOUETTE_TARGET and since_best >= 2:
             reason = "silhouette target reached"
             break
