@@ -141,7 +141,7 @@ def test_fish_keep_their_identities_through_crossings(fish4, tmp_path):
 
 @pytest.mark.parametrize("method", ["contrastive", "accumulation"])
 def test_flies_keep_their_identities(tmp_path, method):
-    files = write_simulation(SimulationConfig(n_animals=6, n_frames=600, preset="flies", seed=7), tmp_path / "v")
+    files = write_simulation(SimulationConfig(n_animals=6, n_frames=400, preset="flies", seed=7), tmp_path / "v")
     scores, session = _track_and_score(files, 6, tmp_path / "s", "--method", method)
     print(method, scores, session["notes"])
     assert session["statistics"]["identification_method"].startswith(method)

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_two_arenas_keep_identities_inside_their_own_arena(tmp_path):
-    config = SimulationConfig(n_animals=6, n_frames=600, preset="fish", seed=11, n_arenas=2)
+    config = SimulationConfig(n_animals=6, n_frames=400, preset="fish", seed=11, n_arenas=2)
     files = write_simulation(config, tmp_path / "v")
     out = tmp_path / "s"
     rois = [flag for roi in config.arena_rois() for flag in ("--roi", roi)]

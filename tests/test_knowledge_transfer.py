@@ -72,7 +72,7 @@ def _same_animal_fraction(truth: np.lib.npyio.NpzFile, pred: np.ndarray, animal_
 
 @pytest.mark.slow
 def test_second_session_names_the_same_animals_the_same(tmp_path):
-    videos = {name: write_simulation(SimulationConfig(n_animals=4, n_frames=700, seed=seed, marking_seed=21),
+    videos = {name: write_simulation(SimulationConfig(n_animals=4, n_frames=450, seed=seed, marking_seed=21),
                                      tmp_path / name) for name, seed in (("first", 21), ("second", 22))}
     first, second = tmp_path / "first_session", tmp_path / "second_session"
     run = _shoal("track", str(videos["first"]["video"]), "--animals", "4", "--out", str(first), "--quiet")
