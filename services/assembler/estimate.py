@@ -14,8 +14,9 @@ identity is right, the share a lab measures when it proofreads a clip. Three pie
    animals once per video, so the tracklet carrying most of an identity's images is its reference,
    and any other tracklet is right with the posterior chance that it shows the reference's animal.
    Where motion alone is sure two fragments are one animal, the model must find "same animal"
-   likely: τ is raised until it best explains those links, which catches the errors a whole
-   fragment shares (a look-alike), which no count of its own votes can.
+   likely, and where two fragments share a frame, unlikely: τ is raised until it best explains
+   those witnesses, which catches the errors a whole fragment shares (a look-alike, clusters that
+   are not the animals), which no count of its own votes can.
 3. **Frames without an own blob.** Animals interpolated through a crossing are right when the
    interpolation falls within half a body length of them; the chance for a gap of g frames is
    measured by interpolating over g held-out frames of the video's own individual fragments.
@@ -75,26 +76,39 @@ def tempered_p1(votes: np.ndarray, a: float, tau: float) -> np.ndarray:
     return p / p.sum(axis=1, keepdims=True)
 
 
-def calibrate_to_motion(next_fragment: np.ndarray, votes: np.ndarray, a: float, tau: float) -> float:
-    """The vote correlation τ (≥ ``tau``) that best explains the fragments motion alone links.
+def calibrate_to_evidence(next_fragment: np.ndarray, coexistence: list[np.ndarray], votes: np.ndarray,
+                          a: float, tau: float) -> float:
+    """The vote correlation τ (≥ ``tau``) that best explains what the video says without appearance.
 
-    Motion and appearance are independent witnesses: where motion alone is sure two fragments are
-    one animal, the appearance model should give "same animal" a high probability. Errors that all
-    images of a fragment share (a look-alike) make two linked fragments vote confidently for
-    different animals, which no count of a fragment's own votes reveals; the τ that maximises the
-    likelihood of the sure links tempers the votes just enough. Unchanged without links.
+    Two witnesses are independent of the network. Where motion alone is sure two fragments are one
+    animal, "same animal" should be likely; two fragments seen in one frame are two animals, so
+    "same animal" should be unlikely. Errors that all images of a fragment share (a look-alike, or
+    clusters that are not the animals) make linked fragments vote confidently apart, or coexisting
+    ones confidently together, which no count of a fragment's own votes reveals; the τ that
+    maximises the likelihood of both kinds of witness tempers the votes just enough. A kind with
+    fewer than MIN_CALIBRATION_LINKS witnesses is left out; with neither, τ is unchanged.
     """
     e = np.flatnonzero(next_fragment >= 0)
-    if len(e) < MIN_CALIBRATION_LINKS:
+    same = (e, next_fragment[e]) if len(e) >= MIN_CALIBRATION_LINKS else None
+    counted = np.asarray(votes).sum(axis=1) > 0
+    pairs = np.array([(i, int(j)) for i, nb in enumerate(coexistence) if counted[i] for j in nb
+                      if i < j and counted[j]], np.int64).reshape(-1, 2)
+    apart = (pairs[:, 0], pairs[:, 1]) if len(pairs) >= MIN_CALIBRATION_LINKS else None
+    if same is None and apart is None:
         return tau
-    x = next_fragment[e]
     best, best_tau = -np.inf, tau
     for candidate in [t for t in TAU_GRID if t >= tau] or [tau]:
         p1 = tempered_p1(votes, a, candidate)
-        # a sure link is wrong about 1 time in MIN_LINK_ODDS: one such link must not rule
-        log_same = float(np.mean(np.log(LINK_ERROR + (1 - LINK_ERROR) * np.sum(p1[e] * p1[x], axis=1))))
-        if log_same > best + 1e-9:
-            best, best_tau = log_same, candidate
+        # a witness is wrong about 1 time in MIN_LINK_ODDS (a sure link that is not, a blob that is
+        # debris or half an animal): one such must not rule
+        score = 0.0
+        if same is not None:
+            score += float(np.mean(np.log(LINK_ERROR + (1 - LINK_ERROR) * np.sum(p1[same[0]] * p1[same[1]], axis=1))))
+        if apart is not None:
+            score += float(np.mean(np.log(LINK_ERROR + (1 - LINK_ERROR) * (1 - np.sum(p1[apart[0]] * p1[apart[1]],
+                                                                                       axis=1)))))
+        if score > best + 1e-9:
+            best, best_tau = score, candidate
     return best_tau
 
 

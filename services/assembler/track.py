@@ -19,7 +19,7 @@ from services.assembler.assignment import Assignment, assign_tracklets
 from services.assembler.crossings import classify_crossings
 from services.assembler.estimate import (
     Evidence,
-    calibrate_to_motion,
+    calibrate_to_evidence,
     doubt,
     estimated_accuracy,
     interpolation_success,
@@ -167,10 +167,11 @@ def track(
             tau = tau_runs
             # motion alone, whether or not it helped assign: an independent witness of appearance
             by_motion = link_fragments(fragments, blob_fragment, links, table).next_fragment
-            tau = calibrate_to_motion(by_motion, votes, reliability, tau_runs)
+            tau = calibrate_to_evidence(by_motion, neighbours, votes, reliability, tau_runs)
             confidence = tracklet_confidence(fragments, identity, tracklet, votes, neighbours, reliability, tau)
             notes.append(f"appearance: {reliability:.1%} of images vote for their fragment's majority; "
-                         f"votes count as 1/{tau:g} of independent ones (vote runs and motion-sure links)")
+                         f"votes count as 1/{tau:g} of independent ones (vote runs, motion-sure links, "
+                         f"coexisting fragments)")
 
 
     with stage("Trajectories creation"):
