@@ -114,7 +114,7 @@ def test_a_session_folder_is_never_overwritten_nor_shared(stub, data_root):
     request.output_dir = str(earlier)
     err = _error(stub.SubmitJob, request)
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "not empty" in err.details() and (earlier / "session.json").read_text() == "{}"
+    assert "earlier session" in err.details() and (earlier / "session.json").read_text() == "{}"
 
     first = _request(["squares.avi"], intensity_ths=[0, 1])  # fails fast at the probe
     first.output_dir = "sessions/next"

@@ -22,6 +22,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from services.assembler.outputs import shoal_entries
 from shoal.knowledge import check_compatible, model_info
 from shoal.params import ParamError, TrackingParams
 from shoal.v1 import jobs_pb2 as pb
@@ -140,16 +141,17 @@ class JobService(pb_grpc.JobServiceServicer):
 
     def _output_dir(self, request: pb.SubmitJobRequest, job_id: str) -> str:
         """The job's session folder: inside the data root, and never one that holds a session already
-        (the gateway does not overwrite a session) or that a queued or running job will write."""
+        (other files may stay there: Shoal writes only its own) or that a queued or running job will write."""
         output_dir = self._inside_root(request.output_dir or str(self.data_root / "sessions" / job_id), "output_dir")
         folder = Path(output_dir)
         if folder.exists() and not folder.is_dir():
             raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
                                f"output_dir {request.output_dir!r} is a file; choose a folder")
-        if folder.is_dir() and any(folder.iterdir()):
+        earlier = shoal_entries(folder) if folder.is_dir() else []
+        if earlier:
             raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
-                               f"output_dir {request.output_dir!r} is not empty; choose another folder (the gateway "
-                               f"never overwrites a session)")
+                               f"output_dir {request.output_dir!r} holds an earlier session ({earlier[0].name}, ...); "
+                               f"choose another folder (the gateway never overwrites a session)")
         for state in ("QUEUED", "RUNNING"):
             other = next((r for r in self.store.list(state, limit=10_000) if r.output_dir == output_dir), None)
             if other is not None:
