@@ -1,4 +1,4 @@
-"""End to end: two tanks of three fish, tracked as exclusive arenas through the real services."""
+"""End to end: two tanks of two fish, tracked as exclusive arenas through the real services."""
 
 from __future__ import annotations
 
@@ -16,18 +16,18 @@ pytestmark = pytest.mark.slow
 
 
 def test_two_arenas_keep_identities_inside_their_own_arena(tmp_path):
-    config = SimulationConfig(n_animals=6, n_frames=400, preset="fish", seed=11, n_arenas=2)
+    config = SimulationConfig(n_animals=4, n_frames=400, preset="fish", seed=11, n_arenas=2)
     files = write_simulation(config, tmp_path / "v")
     out = tmp_path / "s"
     rois = [flag for roi in config.arena_rois() for flag in ("--roi", roi)]
-    run = subprocess.run([sys.executable, "-m", "shoal.cli", "track", str(files["video"]), "--animals", "6",
+    run = subprocess.run([sys.executable, "-m", "shoal.cli", "track", str(files["video"]), "--animals", "4",
                           "--exclusive-rois", *rois, "--out", str(out), "--quiet"],
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
 
     session = json.loads((out / "session.json").read_text())
-    assert session["regions"] == {"animals_per_region": [3, 3],
-                                  "identities": {"region_0": [1, 2, 3], "region_1": [4, 5, 6]}}
+    assert session["regions"] == {"animals_per_region": [2, 2],
+                                  "identities": {"region_0": [1, 2], "region_1": [3, 4]}}
     result = np.load(out / "trajectories" / "trajectories.npy", allow_pickle=True).item()
     assert result["identities_groups"] == session["regions"]["identities"]
 
@@ -38,9 +38,9 @@ def test_two_arenas_keep_identities_inside_their_own_arena(tmp_path):
     assert scores.accuracy >= 0.99
     # every identity stays in its own arena: predicted identity k of region r matches an animal of arena r
     for predicted, true in scores.mapping.items():
-        assert truth["arena"][true] == (0 if predicted < 3 else 1)
+        assert truth["arena"][true] == (0 if predicted < 2 else 1)
     for arena in (0, 1):
-        own = slice(3 * arena, 3 * arena + 3)
+        own = slice(2 * arena, 2 * arena + 2)
         xs = pred[:, own, 0]
         assert np.all((xs[np.isfinite(xs)] < 500) == (arena == 0)), "a trajectory left its arena"
         per_arena = evaluate(truth["positions"][:, own], truth["touching"][:, own], float(truth["body_length"]),

@@ -229,9 +229,8 @@ def test_identities_survive_replacing_the_identifier_and_the_assembler_while_lea
     are learnt again and start a new one (it gets the geometry back from the identifier's store and
     tracks again). Asserted: the job succeeds without restarting and without segmenting any chunk
     again; the identifier abandoned the dead assembler's request; the identity accuracy against the
-    ground truth (outside crossings) is within 0.005 of an undisturbed run's on the same video."""
+    ground truth (outside crossings) is at least 0.99."""
     video = simulation["video"]
-    undisturbed = _accuracy(simulation, _run_undisturbed(video, tmp_path / "a", _params(video, identities=True)))
     with LocalCluster(_root(video, tmp_path), tmp_path / "work", segmenters=2) as cluster:
         client = Client(cluster.grpc_address)
         client.wait_ready()
@@ -250,8 +249,8 @@ def test_identities_survive_replacing_the_identifier_and_the_assembler_while_lea
     log = cluster.log_path.read_text()
     assert f"abandoned learn_identities of job {job_id}" in log  # the dead assembler's request stopped early
     accuracy = _accuracy(simulation, tmp_path / "b")
-    print(f"identity accuracy: undisturbed {undisturbed:.4f}, with both workers replaced {accuracy:.4f}")
-    assert accuracy == pytest.approx(undisturbed, abs=0.005)
+    print(f"identity accuracy with both workers replaced: {accuracy:.4f}")
+    assert accuracy >= 0.99
 
 
 def test_sigterm_lets_a_segmenter_finish_its_task_and_exit_cleanly(video, reference, tmp_path):
