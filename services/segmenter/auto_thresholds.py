@@ -56,8 +56,9 @@ RAW_REACH = 0.8
 #: a background way that shows N blobs this well witnesses against raw blobs of another size or place
 WITNESS_SCORE = 0.25
 #: ... unless the raw threshold shows the N animals in this share of the frames, with consistent sizes,
-#: and beats the witness by DECISIVE_MARGIN: then the background way found shadows, ghosts of animals
-#: that sat still, or compression noise (light flies on a dark mesh)
+#: and beats the witness by DECISIVE_MARGIN or misses the animals in at most a third as many frames:
+#: then the background way found shadows, ghosts of animals that sat still (a spider that never
+#: moves), or compression noise (light flies on a dark mesh)
 DECISIVE_EXACT = 0.9
 DECISIVE_MARGIN = 0.2
 #: ... and two in five of its blobs have moved by more than MIN_MOVE px from one sampled frame to the next
