@@ -229,7 +229,8 @@ def test_identities_survive_replacing_the_identifier_and_the_assembler_while_lea
     are learnt again and start a new one (it gets the geometry back from the identifier's store and
     tracks again). Asserted: the job succeeds without restarting and without segmenting any chunk
     again; the identifier abandoned the dead assembler's request; the identity accuracy against the
-    ground truth (outside crossings) is at least 0.99."""
+    ground truth (outside crossings) is at least 0.995, as close to an undisturbed run's (1.000) as
+    the test asked when it ran one."""
     video = simulation["video"]
     with LocalCluster(_root(video, tmp_path), tmp_path / "work", segmenters=2) as cluster:
         client = Client(cluster.grpc_address)
@@ -250,7 +251,7 @@ def test_identities_survive_replacing_the_identifier_and_the_assembler_while_lea
     assert f"abandoned learn_identities of job {job_id}" in log  # the dead assembler's request stopped early
     accuracy = _accuracy(simulation, tmp_path / "b")
     print(f"identity accuracy with both workers replaced: {accuracy:.4f}")
-    assert accuracy >= 0.99
+    assert accuracy >= 0.995
 
 
 def test_sigterm_lets_a_segmenter_finish_its_task_and_exit_cleanly(video, reference, tmp_path):
