@@ -31,28 +31,29 @@ def fish4(tmp_path_factory) -> dict[str, Path]:
     return write_simulation(SimulationConfig(n_animals=4, n_frames=500, preset="fish", seed=3), out)
 
 
-def _service_pids() -> set[int]:
+def _service_pids(mark: str) -> set[int]:
+    """Service processes whose environment carries ``mark`` (other tests' services run beside ours)."""
     pids = set()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                cmd = (entry / "cmdline").read_bytes()
+                cmd, env = (entry / "cmdline").read_bytes(), (entry / "environ").read_bytes()
             except OSError:
                 continue
-            if b"services." in cmd and b".main" in cmd:
+            if b"services." in cmd and b".main" in cmd and f"E2E_MARK={mark}".encode() in env.split(b"\0"):
                 pids.add(int(entry.name))
     return pids
 
 
-def _shoal(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+def _shoal(*args: str, timeout: float = 600, mark: str = "") -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "shoal.cli", *args], capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, env=os.environ | {"E2E_MARK": mark})
 
 
 def test_track_without_identities(fish4, tmp_path):
-    before = _service_pids()
     out = tmp_path / "session"
-    run = _shoal("track", str(fish4["video"]), "--animals", "4", "--no-identities", "--out", str(out), "--quiet")
+    run = _shoal("track", str(fish4["video"]), "--animals", "4", "--no-identities", "--out", str(out), "--quiet",
+                 mark=str(tmp_path))
     assert run.returncode == 0, run.stderr
     assert "Traceback" not in run.stderr
 
@@ -71,7 +72,7 @@ def test_track_without_identities(fish4, tmp_path):
     assert header == "time,x1,y1,x2,y2,x3,y3,x4,y4"
     assert (out / "session.json").exists()
     time.sleep(0.5)
-    assert _service_pids() <= before, "services outlived shoal track"
+    assert not _service_pids(str(tmp_path)), "services outlived shoal track"
 
 
 def test_services_run_as_separate_processes(fish4, tmp_path):
@@ -99,11 +100,12 @@ def test_services_run_as_separate_processes(fish4, tmp_path):
 
 
 def test_ctrl_c_leaves_no_process(fish4, tmp_path):
-    before = _service_pids()
+    mark = str(tmp_path)
     proc = subprocess.Popen([sys.executable, "-m", "shoal.cli", "track", str(fish4["video"]), "--animals", "4",
-                             "--out", str(tmp_path / "s"), "--quiet"], stderr=subprocess.PIPE, text=True)
+                             "--out", str(tmp_path / "s"), "--quiet"], stderr=subprocess.PIPE, text=True,
+                            env=os.environ | {"E2E_MARK": mark})
     deadline = time.monotonic() + 60
-    while len(_service_pids() - before) < 3 and time.monotonic() < deadline:
+    while len(_service_pids(mark)) < 3 and time.monotonic() < deadline:
         time.sleep(0.2)
     time.sleep(1.0)
     proc.send_signal(signal.SIGINT)
@@ -111,7 +113,7 @@ def test_ctrl_c_leaves_no_process(fish4, tmp_path):
     assert proc.returncode == 130
     assert "Traceback" not in err
     time.sleep(0.5)
-    assert _service_pids() <= before, f"orphans: {_service_pids() - before} ({os.getpid()})"
+    assert not _service_pids(mark), f"orphans: {_service_pids(mark)}"
 
 
 def _track_and_score(files: dict[str, Path], n_animals: int, out: Path, *flags: str):
