@@ -248,7 +248,7 @@ class Scheduler(threading.Thread):
         died = why not in ("left", "re-registered")  # a live worker's sent batches still reach the identifier
         if died:
             metrics.HEARTBEATS_LOST.labels(w.role).inc()
-        reissued = []
+        reissued, finished = [], 0
         for key in sorted(w.tasks | w.unstored):
             run = self.runs.get(key[0])
             task = run.tasks.get(key[1]) if run else None
@@ -262,11 +262,13 @@ class Scheduler(threading.Thread):
             batch_lost = died and key in w.unstored and task.done
             if not (held or batch_lost):
                 continue
+            finished += batch_lost
             task.done, task.worker = False, None
             self.pending.appendleft(task)
             reissued.append(key[1])
             metrics.TASKS_REISSUED.inc()
-        log.warning("worker %s lost (%s); re-issuing %d task(s)", w.wid.decode(), why, len(reissued))
+        log.warning("worker %s lost (%s); re-issuing %d task(s), %d of them finished but not stored",
+                    w.wid.decode(), why, len(reissued), finished)
         for run in list(self.runs.values()):
             for role, wid in (("identifier", run.identifier), ("assembler", run.assembler)):
                 if wid == w.wid and role not in run.missing:
