@@ -166,7 +166,7 @@ class SessionFolder:
     def finish(self, succeeded: bool) -> None:
         """Drop the earlier session after a success; after a failure put it back (and drop a folder
         this command created and the run left empty)."""
-        from services.assembler.outputs import restore_session
+        from shoal.session import restore_session
 
         if self.earlier is not None:
             if succeeded:
@@ -184,7 +184,7 @@ def prepare_session_folder(out: Path, overwrite: bool) -> SessionFolder:
     """Check the session folder before any service starts, so a run never fails at its end for it:
     it must be a writable folder, empty unless ``overwrite``, which sets aside what an earlier Shoal
     run wrote there (Shoal's own files only) until the new run has succeeded."""
-    from services.assembler.outputs import set_aside_session
+    from shoal.session import set_aside_session
 
     if out.exists() and not out.is_dir():
         raise UsageError(f"the session folder {out} is a file; choose another --out")

@@ -232,7 +232,7 @@ def format_job(job: pb.Job) -> str:
 
 def write_result(result: dict, out_dir: Path, formats: list[str] | None = None) -> dict[str, Path]:
     """Write a fetched result as the same session folder the job wrote."""
-    from services.assembler.outputs import write_session
+    from shoal.session import write_session
 
     session = result.pop("session")
     formats = formats or session.get("parameters", {}).get("trajectories_formats") or ["npy", "h5", "csv"]

@@ -24,9 +24,9 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from services.assembler.outputs import load_session
 from shoal.overlay import OverlayStyle, crop_centred, draw_overlay, hold_last_known, identity_colours
 from shoal.params import DEFAULT_VIDEO_TRAIL
+from shoal.session import load_session
 from shoal.video import LOSSLESS_FOURCC, VideoError, VideoInfo, probe_video, read_frames
 
 CODECS = {"mp4v": (cv2.VideoWriter_fourcc(*"mp4v"), ".mp4"), "lossless": (LOSSLESS_FOURCC, ".avi")}

@@ -162,9 +162,9 @@ def test_session_json_says_what_was_used_and_overwrite_replaces_only_shoal_files
 
 
 def test_only_shoal_files_are_cleared(tmp_path: Path):
-    from services.assembler.outputs import SESSION_ENTRIES, clear_session
     from shoal import render
     from shoal.knowledge import MODEL_FILE
+    from shoal.session import SESSION_ENTRIES, clear_session
 
     assert {MODEL_FILE, render.INDIVIDUAL_FOLDER, *(render.overlay_path(Path(), codec).name
                                                    for codec in render.CODECS)} <= set(SESSION_ENTRIES)

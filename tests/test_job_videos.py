@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 
 from services.assembler import videos as job_videos
-from services.assembler.outputs import write_session
 from services.gateway.scheduler import STAGE_WEIGHTS, stage_weights
 from services.gateway.server import params_from_proto
 from shoal.cli import build_params, main, parser
 from shoal.client import params_to_proto
 from shoal.params import ParamError, TrackingParams
 from shoal.render import write_session_videos
+from shoal.session import write_session
 from shoal.simulate import SimulationConfig, write_simulation
 
 

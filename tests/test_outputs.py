@@ -6,8 +6,8 @@ import msgpack
 import numpy as np
 import pytest
 
-from services.assembler.outputs import load_session, warn_inconsistent_frames, write_session
 from shoal.params import ParamError, TrackingParams
+from shoal.session import load_session, warn_inconsistent_frames, write_session
 
 IDTRACKERAI_V6_KEYS = {
     "trajectories",

@@ -12,9 +12,9 @@ import cv2
 import numpy as np
 import pytest
 
-from services.assembler.outputs import write_session
 from shoal.cli import main
 from shoal.overlay import OverlayStyle, crop_centred, draw_overlay, hold_last_known, identity_colours
+from shoal.session import write_session
 from shoal.simulate import SimulationConfig, write_simulation
 
 N_FRAMES, N_ANIMALS = 24, 3

@@ -30,10 +30,7 @@ from shoal.config import parse_config, setup_logging
 from shoal.knowledge import MODEL_FILE, read_model
 from shoal.learning import CrossingReply, CrossingRequest, IdentityReply, IdentityRequest, Progress
 from shoal.params import ParamError, TrackingParams
-from shoal.transport import DATA_HWM, ControlChannel, bind, make_socket, recv, send
-from shoal.v1 import INVALID_INPUT
-
-from .outputs import (
+from shoal.session import (
     BACKGROUND_FILE,
     effective_parameters,
     timer_name,
@@ -42,6 +39,9 @@ from .outputs import (
     warn_inconsistent_frames,
     write_session,
 )
+from shoal.transport import DATA_HWM, ControlChannel, bind, make_socket, recv, send
+from shoal.v1 import INVALID_INPUT
+
 from .overlap import overlap_links
 from .regions import RegionError, animals_per_region, track_regions
 from .track import track

@@ -16,8 +16,7 @@ import numpy as np
 from shoal.learning import Progress
 from shoal.params import TrackingParams
 from shoal.render import SessionVideos, write_session_videos
-
-from .outputs import update_session_json
+from shoal.session import update_session_json
 
 log = logging.getLogger("shoal.assembler")
 

@@ -22,9 +22,9 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from services.assembler.outputs import shoal_entries
 from shoal.knowledge import check_compatible, model_info
 from shoal.params import ParamError, TrackingParams
+from shoal.session import shoal_entries
 from shoal.v1 import jobs_pb2 as pb
 from shoal.v1 import jobs_pb2_grpc as pb_grpc
 from shoal.video import VideoError, probe_video
