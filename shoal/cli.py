@@ -22,7 +22,7 @@ from pathlib import Path
 import grpc
 
 from shoal.help import HelpFormatter
-from shoal.params import DEFAULT_VIDEO_TRAIL, MIN_INDIVIDUAL_VIDEO_SIZE, ParamError, TrackingParams
+from shoal.params import DEFAULT_VIDEO_TRAIL, MIN_INDIVIDUAL_VIDEO_SIZE, TRAJECTORY_FORMATS, ParamError, TrackingParams
 from shoal.v1 import INVALID_INPUT
 
 EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
@@ -88,7 +88,8 @@ def _add_tracking_flags(p: argparse.ArgumentParser) -> None:
                    help=f"identity learning route (default: {TrackingParams.method})")
     g.add_argument("--seed", type=int, help=f"random seed; same seed, same CPU result (default: {TrackingParams.seed})")
     g.add_argument("--formats", nargs="+", metavar="FORMAT",
-                   help="trajectories_formats: npy h5 csv csv_tidy (default: npy h5 csv)")
+                   help=f"trajectories_formats: {' '.join(TRAJECTORY_FORMATS)} (nwb: pip install 'shoal[nwb]'; "
+                        f"the [nwb] table of --params names the session and species) (default: npy h5 csv)")
     g.add_argument("--video", action="store_true",
                    help="also write the overlay video SESSION/overlay.mp4, as shoal video does (output_video)")
     g.add_argument("--individual-videos", action="store_true",
@@ -517,6 +518,20 @@ def cmd_video(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from shoal.export import ExportError, export_session
+
+    try:
+        written, warnings = export_session(Path(args.session), args.format, args.out and Path(args.out),
+                                           args.metadata and Path(args.metadata))
+    except ExportError as exc:
+        raise UsageError(str(exc)) from None
+    for line in warnings:
+        print(f"warning: {line}", file=sys.stderr)
+    print(f"{args.format}: {written}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="shoal", formatter_class=HelpFormatter, epilog=f"Each command has its own --help.\n\n{EXIT_CODES}",
@@ -629,6 +644,19 @@ def parser() -> argparse.ArgumentParser:
                                                  "folder of the individual videos (default: in the session folder)")
     v.add_argument("--lossless", action="store_true", help="FFV1 in .avi instead of mp4v in .mp4")
     v.set_defaults(func=cmd_video)
+
+    e = command(
+        "export", "write a session's trajectories in another format (NWB, SLEAP, ...)",
+        description="Write a finished session's trajectories (SESSION/trajectories/trajectories.npy) in another "
+                    "format: nwb (one NWB file per identity, with ndx-pose: pip install 'shoal[nwb]'), sleap "
+                    "(SLEAP analysis HDF5, one per video), h5, csv, csv_tidy or npy. movement, SLEAP, sleap-io "
+                    "and pynwb open them.")
+    e.add_argument("session", help="session folder written by shoal track or shoal fetch")
+    e.add_argument("--format", required=True, choices=TRAJECTORY_FORMATS, help="the format to write")
+    e.add_argument("--out", metavar="FOLDER", help="folder to write into (default: SESSION/trajectories)")
+    e.add_argument("--metadata", metavar="TOML", help="a TOML file whose [nwb] table (session start, species, "
+                                                      "...) replaces the session's (default: the session's own)")
+    e.set_defaults(func=cmd_export)
 
     # their own parsers (shoal simulate --help); main() hands them the rest of the command line
     command("simulate", "synthetic videos of look-alike animals with ground truth", add_help=False)

@@ -14,8 +14,11 @@ from typing import Any
 
 import numpy as np
 
+from shoal.nwb import MISSING_LIBRARY, check_nwb_metadata, nwb_available
+
 METHODS = ("contrastive", "accumulation")
-TRAJECTORY_FORMATS = ("npy", "h5", "csv", "csv_tidy")
+#: trajectory files a job can write (shoal/session.py); sleap and nwb open in SLEAP, sleap-io and movement
+TRAJECTORY_FORMATS = ("npy", "h5", "csv", "csv_tidy", "sleap", "nwb")
 BACKGROUND_STATS = ("median", "mean", "max", "min")
 #: trail of the overlay video in frames when ``video_trail`` is unset: ``shoal video``'s default too
 DEFAULT_VIDEO_TRAIL = 20
@@ -54,6 +57,8 @@ class TrackingParams:
     ``individual_video_size`` (pixels; None: one body length) are their ``--trail`` and ``--size``.
     ``allow_missing_animals`` (Shoal's own): run even when no sampled frame shows half of
     ``number_of_animals`` (animals that hide most of the time); without it the probe stops.
+    ``nwb`` (Shoal's own, a ``[nwb]`` table in TOML): session and subject metadata of the NWB files
+    (``shoal.nwb.NWB_FIELDS``), kept in session.json for a later ``shoal export`` too.
     """
 
     video_paths: list[str] = field(default_factory=list)
@@ -85,6 +90,7 @@ class TrackingParams:
     video_trail: int | None = None
     individual_video_size: int | None = None
     allow_missing_animals: bool = False
+    nwb: dict[str, Any] | None = None
 
     def validate(self) -> TrackingParams:
         """Check ranges; raise ParamError naming the first bad field. Returns self."""
@@ -116,6 +122,8 @@ class TrackingParams:
         for f in self.trajectories_formats:
             if f not in TRAJECTORY_FORMATS:
                 raise ParamError("trajectories_formats", f"unknown format {f!r}; use {', '.join(TRAJECTORY_FORMATS)}")
+            if f == "nwb" and not nwb_available():
+                raise ParamError("trajectories_formats", MISSING_LIBRARY)
         check_setup_points(self.setup_points)
         if self.identities_labels is not None:
             check_identities_labels(self.identities_labels, self.number_of_animals)
@@ -240,6 +248,11 @@ def check_video_outputs(params: TrackingParams) -> None:
 def _coerce(key: str, value: Any) -> Any:
     if key == "setup_points":
         return check_setup_points(value)
+    if key == "nwb":
+        try:
+            return check_nwb_metadata(value) or None
+        except ValueError as exc:
+            raise ParamError("nwb", str(exc)) from None
     try:
         if value is None:
             return None

@@ -14,11 +14,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +23,10 @@ import h5py
 import numpy as np
 
 import shoal
-
-FORMATS = ("npy", "h5", "csv", "csv_tidy")
+from shoal.atomic import replacing
+from shoal.nwb import MISSING_LIBRARY, nwb_available, write_nwb
+from shoal.params import TRAJECTORY_FORMATS as FORMATS
+from shoal.sleap import write_sleap
 
 #: the background model the job subtracted, kept in the session folder (the job's copy is temporary)
 BACKGROUND_FILE = "background.npy"
@@ -134,22 +133,8 @@ def _optional_float(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
-@contextmanager
-def _replacing(path: Path) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; on success it atomically becomes `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        yield temporary
-        with open(temporary, "rb+") as written:
-            os.fsync(written.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
 def _write_text(path: Path, text: str) -> None:
-    with _replacing(path) as temporary:
+    with replacing(path) as temporary:
         temporary.write_text(text)
 
 
@@ -158,13 +143,13 @@ def _write_json(path: Path, value: Any) -> None:
 
 
 def _write_table(path: Path, header: str, rows: np.ndarray, fmt: str | list[str]) -> None:
-    with _replacing(path) as temporary, open(temporary, "w") as stream:
+    with replacing(path) as temporary, open(temporary, "w") as stream:
         np.savetxt(stream, rows, fmt=fmt, delimiter=",", header=header, comments="")
 
 
 def write_npy(path: Path, trajectories: dict) -> None:
     """The pickled dict; read it with `np.load(path, allow_pickle=True).item()`."""
-    with _replacing(path) as temporary, open(temporary, "wb") as stream:
+    with replacing(path) as temporary, open(temporary, "wb") as stream:
         np.save(stream, trajectories, allow_pickle=True)
 
 
@@ -174,7 +159,7 @@ def write_h5(path: Path, trajectories: dict) -> None:
     HDF5 attributes cannot be None: a missing length unit is stored as -1 (as idtracker.ai does)
     and other missing numbers as NaN.
     """
-    with _replacing(path) as temporary, h5py.File(temporary, "w") as h5:
+    with replacing(path) as temporary, h5py.File(temporary, "w") as h5:
         for name in ("trajectories", "id_probabilities"):
             h5.create_dataset(name, data=trajectories[name], compression="gzip")
         for group_name in ("areas", "setup_points", "identities_groups"):
@@ -260,27 +245,24 @@ def write_csv_tidy(folder: Path, trajectories: dict) -> Path:
     return table
 
 
-def write_session(
-    out_dir: Path, result: dict, *, formats: tuple[str, ...] = ("npy", "h5", "csv")
-) -> dict[str, Path]:
-    """Write the session folder; returns {"session": session.json, format: its main file}.
+NO_SPECIES = "the NWB files name no species: set species in the [nwb] parameter table (DANDI requires it)"
 
-    `result` holds the trajectory inputs of :func:`trajectories_dict` plus `session`, the dict
-    stored in session.json; the quality indicators are added to its "statistics".
-    """
+
+def check_formats(formats: tuple[str, ...] | list[str]) -> None:
+    """Raise ValueError for an unknown format, RuntimeError naming the extra when a library is missing."""
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
         raise ValueError(f"unknown output formats {unknown}; choose from {list(FORMATS)}")
-    out_dir = Path(out_dir)
-    trajectories = trajectories_dict(result)
-    folder = out_dir / "trajectories"
-    written = {"session": out_dir / "session.json"}
-    session = dict(result.get("session") or {})
-    statistics = dict(session.get("statistics") or {})
-    for key in ("estimated_accuracy", "silhouette_score", "fraction_identified"):
-        statistics.setdefault(key, trajectories[key])
-    session["statistics"] = statistics
-    _write_json(written["session"], session)
+    if "nwb" in formats and not nwb_available():
+        raise RuntimeError(MISSING_LIBRARY)
+
+
+def write_trajectories(folder: Path, trajectories: dict, session: dict, formats: tuple[str, ...]) -> dict[str, Path]:
+    """Write a trajectories dict (:func:`trajectories_dict`) into `folder` (a session's
+    ``trajectories/``) in each of `formats`; returns {format: its main file or folder}."""
+    check_formats(formats)
+    folder = Path(folder)
+    written = {}
     if "npy" in formats:
         written["npy"] = folder / "trajectories.npy"
         write_npy(written["npy"], trajectories)
@@ -291,7 +273,35 @@ def write_session(
         written["csv"] = write_csv(folder / "trajectories_csv", trajectories)
     if "csv_tidy" in formats:
         written["csv_tidy"] = write_csv_tidy(folder, trajectories)
+    if "sleap" in formats:
+        written["sleap"] = write_sleap(folder, trajectories, session)[0]
+    if "nwb" in formats:
+        written["nwb"] = folder / "trajectories_nwb"
+        write_nwb(written["nwb"], trajectories, session)
     return written
+
+
+def write_session(
+    out_dir: Path, result: dict, *, formats: tuple[str, ...] = ("npy", "h5", "csv")
+) -> dict[str, Path]:
+    """Write the session folder; returns {"session": session.json, format: its main file}.
+
+    `result` holds the trajectory inputs of :func:`trajectories_dict` plus `session`, the dict
+    stored in session.json; the quality indicators are added to its "statistics".
+    """
+    check_formats(formats)
+    out_dir = Path(out_dir)
+    trajectories = trajectories_dict(result)
+    session = dict(result.get("session") or {})
+    statistics = dict(session.get("statistics") or {})
+    for key in ("estimated_accuracy", "silhouette_score", "fraction_identified"):
+        statistics.setdefault(key, trajectories[key])
+    session["statistics"] = statistics
+    if "nwb" in formats and not ((session.get("parameters") or {}).get("nwb") or {}).get("species"):
+        session["warnings"] = [*session.get("warnings", []), NO_SPECIES]
+    written = {"session": out_dir / "session.json"}
+    _write_json(written["session"], session)
+    return written | write_trajectories(out_dir / "trajectories", trajectories, session, formats)
 
 
 def update_session_json(out_dir: Path, updates: dict[str, Any], warnings: list[str] | tuple = ()) -> dict:
@@ -333,13 +343,14 @@ def load_session(out_dir: Path) -> dict:
 
 #: what Shoal writes inside its folders: a folder of the same name holding anything else is not Shoal's
 _FOLDER_CONTENT = {
-    "trajectories": r"trajectories\.(npy|h5)|trajectories_csv|trajectories_tidy\.csv|attributes_tidy\.json",
+    "trajectories": r"trajectories\.(npy|h5)|trajectories_csv|trajectories_tidy\.csv|attributes_tidy\.json"
+                    r"|trajectories(_\d+)?\.analysis\.h5|trajectories_nwb",
     "individual_videos": r"individual_\d+(_[A-Za-z0-9_.-]+)?\.(mp4|avi)",
 }
 
 
 def _temporary(name: str) -> bool:
-    """A half-written file: `.name.<pid>.tmp` (:func:`_replacing`) or `.stem.<pid>.partial.mp4` (videos)."""
+    """A half-written file: `.name.<pid>.tmp` (:func:`shoal.atomic.replacing`) or `.stem.<pid>.partial.mp4` (videos)."""
     return name.startswith(".") and (name.endswith(".tmp") or ".partial." in name)
 
 

@@ -103,6 +103,13 @@ def test_unreadable_or_invalid_toml_is_a_param_error(tmp_path: Path):
      "animals_per_roi"),
     ({"animals_per_roi": [4, 4]}, "animals_per_roi"),  # without exclusive_rois
     ({"knowledge_transfer_folder": "/s", "track_wo_identities": True}, "knowledge_transfer_folder"),
+    ({"nwb": {"specie": "Danio rerio"}}, "nwb"),  # unknown key
+    ({"nwb": {"sex": "female"}}, "nwb"),
+    ({"nwb": {"age": "90 days"}}, "nwb"),
+    ({"nwb": {"session_start_time": "2026-03-01T09:30:00"}}, "nwb"),  # no time zone
+    ({"nwb": {"session_start_time": "yesterday"}}, "nwb"),
+    ({"nwb": {"species": 7}}, "nwb"),
+    ({"nwb": "Danio rerio"}, "nwb"),
 ])
 def test_bad_values_name_their_field(overrides, field):
     with pytest.raises(ParamError) as err:
@@ -138,3 +145,19 @@ def test_to_dict_is_msgpack_and_strict_json_safe():
     d = TrackingParams.from_dict(_valid()).to_dict()
     assert msgpack.unpackb(msgpack.packb(d))["number_of_animals"] == 4
     json.dumps(d, allow_nan=False)  # inf must not leak: other languages' JSON parsers reject it
+
+
+def test_the_nwb_table_of_a_toml_file_reaches_the_gateway_and_back(tmp_path):
+    """TOML dates become ISO 8601 text, so the table travels in the proto's `extra` as JSON."""
+    from services.gateway.server import params_from_proto
+    from shoal.client import params_to_proto
+
+    path = tmp_path / "p.toml"
+    path.write_text('video_paths = ["v.avi"]\nnumber_of_animals = 2\ntrajectories_formats = ["npy", "sleap", "nwb"]\n'
+                    '[nwb]\nspecies = "Mus musculus"\nsession_start_time = 2026-03-01T09:30:00Z\n'
+                    'experimenter = ["Curie, Marie", "Noether, Emmy"]\n')
+    params = TrackingParams.from_toml(path).validate()
+    assert params.nwb == {"species": "Mus musculus", "session_start_time": "2026-03-01T09:30:00+00:00",
+                          "experimenter": ["Curie, Marie", "Noether, Emmy"]}
+    back = TrackingParams.from_dict({**params_from_proto(params_to_proto(params)), "video_paths": ["v.avi"]})
+    assert back.validate() == params
