@@ -142,6 +142,12 @@ def _check_locally(params: TrackingParams) -> None:
             mask = roi_mask(params.roi_list, info.width, info.height)
     except (VideoError, RoiError) as exc:
         raise UsageError(str(exc)) from None
+    from shoal.session import check_formats
+
+    try:
+        check_formats(params.trajectories_formats)
+    except RuntimeError as exc:
+        raise ParamError("trajectories_formats", str(exc)) from None
     if params.knowledge_transfer_folder:
         from shoal.knowledge import check_compatible, model_info
 
@@ -460,14 +466,20 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def cmd_fetch(args: argparse.Namespace) -> int:
     from shoal.client import write_result
+    from shoal.nwb import MISSING_LIBRARY, nwb_available
 
     out = Path(args.out).resolve()
     client = _client(args)
     result = client.result(args.job)  # an unknown or unfinished job first: it leaves no folder behind
     folder = prepare_session_folder(out, args.overwrite)
     videos = result["session"].get("videos") or {}
+    formats = result["session"].get("parameters", {}).get("trajectories_formats") or ["npy", "h5", "csv"]
+    if "nwb" in formats and not nwb_available():
+        formats = [f for f in formats if f != "nwb"] or ["npy"]
+        print(f"warning: NWB files not written here ({MISSING_LIBRARY}); then shoal export {out} --format nwb",
+              file=sys.stderr)
     try:
-        written = write_result(result, out)
+        written = write_result(result, out, formats)
     except OSError as exc:
         folder.finish(False)
         raise UsageError(f"cannot write the session folder {out}: {exc.strerror or exc}") from None

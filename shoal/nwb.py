@@ -126,8 +126,7 @@ def write_nwb(folder: Path, trajectories: dict, session: dict) -> list[Path]:
                                                             "parameters", "effective_parameters", "statistics")}
                        | {key: trajectories[key] for key in ("estimated_accuracy", "identities_labels",
                                                               "identities_groups", "body_length", "length_unit")}
-                       | {"setup_points_px": {k: v.tolist() for k, v in trajectories["setup_points"].items()}},
-                       default=lambda value: value.tolist() if isinstance(value, np.ndarray) else str(value))
+                       | {"setup_points_px": trajectories["setup_points"]}, default=_plain)
     paths = nwb_paths(folder, len(trajectories["identities_labels"]))
     for i, (label, path) in enumerate(zip(trajectories["identities_labels"], paths, strict=True)):
         nwbfile = NWBFile(
@@ -197,6 +196,11 @@ def write_nwb(folder: Path, trajectories: dict, session: dict) -> list[Path]:
             with NWBHDF5IO(temporary, mode="w") as io:
                 io.write(nwbfile)
     return paths
+
+
+def _plain(value: Any) -> Any:
+    """Arrays and numpy numbers as JSON-able Python values."""
+    return value.tolist() if isinstance(value, np.ndarray | np.generic) else str(value)
 
 
 def _accuracy(value: float | None) -> str:

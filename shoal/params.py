@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from shoal.nwb import MISSING_LIBRARY, check_nwb_metadata, nwb_available
+from shoal.nwb import check_nwb_metadata
 
 METHODS = ("contrastive", "accumulation")
 #: trajectory files a job can write (shoal/session.py); sleap and nwb open in SLEAP, sleap-io and movement
@@ -122,8 +122,6 @@ class TrackingParams:
         for f in self.trajectories_formats:
             if f not in TRAJECTORY_FORMATS:
                 raise ParamError("trajectories_formats", f"unknown format {f!r}; use {', '.join(TRAJECTORY_FORMATS)}")
-            if f == "nwb" and not nwb_available():
-                raise ParamError("trajectories_formats", MISSING_LIBRARY)
         check_setup_points(self.setup_points)
         if self.identities_labels is not None:
             check_identities_labels(self.identities_labels, self.number_of_animals)

@@ -249,7 +249,9 @@ NO_SPECIES = "the NWB files name no species: set species in the [nwb] parameter 
 
 
 def check_formats(formats: tuple[str, ...] | list[str]) -> None:
-    """Raise ValueError for an unknown format, RuntimeError naming the extra when a library is missing."""
+    """Raise ValueError for an unknown format, RuntimeError naming the extra when a library is missing
+    here (checked where files are written: ``shoal track``, the gateway, ``shoal export``, ``shoal fetch``;
+    a client that only submits needs no writer)."""
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
         raise ValueError(f"unknown output formats {unknown}; choose from {list(FORMATS)}")
@@ -274,10 +276,10 @@ def write_trajectories(folder: Path, trajectories: dict, session: dict, formats:
     if "csv_tidy" in formats:
         written["csv_tidy"] = write_csv_tidy(folder, trajectories)
     if "sleap" in formats:
-        written["sleap"] = write_sleap(folder, trajectories, session)[0]
+        written["sleap"] = write_sleap(folder, trajectories, json_safe(session))[0]
     if "nwb" in formats:
         written["nwb"] = folder / "trajectories_nwb"
-        write_nwb(written["nwb"], trajectories, session)
+        write_nwb(written["nwb"], trajectories, json_safe(session))
     return written
 
 

@@ -75,4 +75,5 @@ def write_sleap(folder: Path, trajectories: dict, session: dict) -> list[Path]:
 
 
 def _plain(value):
-    return value.item() if isinstance(value, np.generic) else str(value)
+    """Arrays and numpy numbers as JSON-able Python values."""
+    return value.tolist() if isinstance(value, np.ndarray | np.generic) else str(value)

@@ -184,13 +184,11 @@ def test_export_refuses_what_it_cannot_do_in_one_line(session: Path, tmp_path: P
     one_line(code, err, "session_start_time", "needs a time zone")
     assert not (tmp_path / "x").exists()
 
-    import shoal.params
     import shoal.session
 
-    monkeypatch.setattr(shoal.session, "nwb_available", lambda: False)
+    monkeypatch.setattr(shoal.session, "nwb_available", lambda: False)  # as without the nwb extra
     code, _, err = _export(str(session), "--format", "nwb", "--out", str(tmp_path / "y"), capsys=capsys)
     one_line(code, err, "pip install 'shoal[nwb]'")
-    monkeypatch.setattr(shoal.params, "nwb_available", lambda: False)
     code = main(["track", str(session.parent / "video" / "video.avi"), "--animals", "2", "--formats", "nwb",
                  "--out", str(tmp_path / "z"), "--quiet"])
     one_line(code, capsys.readouterr().err, "trajectories_formats", "pip install 'shoal[nwb]'")
@@ -216,3 +214,25 @@ def test_a_session_of_two_videos_gives_one_sleap_file_per_video(tmp_path: Path):
             assert h5["video_path"][()].decode() == video
         np.testing.assert_allclose(ds.position.sel(keypoints="centroid").transpose("time", "individuals", "space"),
                                    positions[frames], rtol=1e-6)
+
+
+def test_a_gateway_without_the_nwb_extra_refuses_nwb_jobs_at_submission(session: Path, tmp_path: Path):
+    import grpc
+
+    from shoal.v1 import jobs_pb2 as pb
+    from shoal.v1 import jobs_pb2_grpc as pb_grpc
+    from tests.gateway_services import Services
+
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text("import sys\nsys.modules['pynwb'] = None  # as if not installed\n")
+    video = session.parent / "video" / "video.avi"
+    with Services(session.parent, tmp_path / "work", env={"PYTHONPATH": f"{hide}:{os.getcwd()}"}) as services:
+        services.start_gateway()
+        stub = pb_grpc.JobServiceStub(services.channel())
+        request = pb.SubmitJobRequest(video_paths=[str(video)], params=pb.TrackingParams(
+            number_of_animals=2, trajectories_formats=["npy", "nwb"]))
+        with pytest.raises(grpc.RpcError) as err:
+            stub.SubmitJob(request, timeout=10)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "pip install 'shoal[nwb]'" in err.value.details()

@@ -306,7 +306,19 @@ def test_a_batch_that_dies_with_its_segmenter_after_task_done_is_segmented_again
     is then lost with it. Asserted: the gateway re-issues the finished chunks of that segmenter which
     the identifier had not acknowledged (`chunk_stored`), not only one it held, and the job succeeds
     with trajectories identical to an undisturbed run (before the acknowledgement existed, the job
-    waited for ever for the lost batch)."""
+    waited for ever for the lost batch). When the kernel's socket buffers still had room, the
+    batch reaches the identifier after its segmenter died and nothing is lost: that run must
+    succeed identically too, and the scenario is tried again, up to three times."""
+    for attempt in range(3):
+        finished_lost = _kill_a_segmenter_behind_a_frozen_identifier(video, reference, tmp_path / str(attempt))
+        if finished_lost:
+            return
+    pytest.fail("in 3 runs no killed segmenter held a finished batch that the identifier had not stored")
+
+
+def _kill_a_segmenter_behind_a_frozen_identifier(video: Path, reference: np.ndarray, tmp_path: Path) -> int:
+    """One run of the scenario above; returns how many finished chunks the gateway re-issued."""
+    tmp_path.mkdir(parents=True)
     params = _params(video, id_image_size=256, frames_per_episode=20)
     with LocalCluster(_root(video, tmp_path), tmp_path / "work", segmenters=2) as cluster:
         client = Client(cluster.grpc_address)
@@ -339,8 +351,8 @@ def test_a_batch_that_dies_with_its_segmenter_after_task_done_is_segmented_again
     lost = _wait_for_log(cluster, rf"worker \S+-{victim.pid}-\S+ lost \(missed 3 heartbeats\); "
                                   r"re-issuing \d+ task\(s\), (\d+) of them finished but not stored")
     print(lost.group(0))
-    assert int(lost.group(1)) >= 1  # the chunk it had finished, whose batch died in its send queue
     np.testing.assert_array_equal(_trajectories(tmp_path / "b"), reference)
+    return int(lost.group(1))
 
 
 def _rss_mib(pid: int) -> float:

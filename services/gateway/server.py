@@ -24,7 +24,7 @@ import numpy as np
 
 from shoal.knowledge import check_compatible, model_info
 from shoal.params import ParamError, TrackingParams
-from shoal.session import shoal_entries
+from shoal.session import check_formats, shoal_entries
 from shoal.v1 import jobs_pb2 as pb
 from shoal.v1 import jobs_pb2_grpc as pb_grpc
 from shoal.video import VideoError, probe_video
@@ -125,9 +125,15 @@ class JobService(pb_grpc.JobServiceServicer):
 
     def _params(self, request: pb.SubmitJobRequest, videos: list[str]) -> TrackingParams:
         try:
-            return TrackingParams.from_dict({**params_from_proto(request.params), "video_paths": videos}).validate()
+            params = TrackingParams.from_dict({**params_from_proto(request.params), "video_paths": videos}).validate()
         except ParamError as exc:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        try:  # the assembler writes the files; it runs from the same image as this gateway
+            check_formats(params.trajectories_formats)
+        except RuntimeError as exc:
+            raise RequestError(grpc.StatusCode.FAILED_PRECONDITION, f"trajectories_formats: {exc} on the gateway's "
+                                                                    "services") from None
+        return params
 
     def _check_knowledge(self, params: TrackingParams) -> None:
         """The earlier session must lie under the data root too, and its model must fit this job."""
