@@ -336,10 +336,19 @@ def _print_videos(out: Path) -> None:
         print(f"{len(videos['individual'])} individual videos in {(out / videos['individual'][0]).parent}")
 
 
+#: the shortest demo video: fewer frames give a poor background and too few fragments to learn from
+DEMO_MIN_FRAMES = 100
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from shoal.evaluate import evaluate, load_predictions
     from shoal.simulate import SimulationConfig, write_simulation
 
+    if args.animals < 1:
+        raise UsageError(f"--animals must be at least 1, got {args.animals}")
+    if args.frames < DEMO_MIN_FRAMES:
+        raise UsageError(f"--frames must be at least {DEMO_MIN_FRAMES} (a background model and identities need "
+                         f"them), got {args.frames}")
     out = Path(args.out).resolve()
     session = out / "session"
     prepare_session_folder(session, overwrite=True).finish(True)  # the demo's own folder: an earlier demo goes
@@ -574,7 +583,7 @@ def parser() -> argparse.ArgumentParser:
                             "earlier demo there is replaced) and score the identities against the truth.")
     d.add_argument("--out", default="shoal-demo", help="folder for the video, truth and session")
     d.add_argument("--animals", type=int, default=4, help="number of animals")
-    d.add_argument("--frames", type=int, default=600, help="number of frames")
+    d.add_argument("--frames", type=int, default=600, help=f"number of frames (at least {DEMO_MIN_FRAMES})")
     d.add_argument("--preset", default="fish", choices=["fish", "flies", "mice"], help="kind of animal")
     d.add_argument("--seed", type=int, default=1, help="seed of the simulation and of the tracking")
     d.add_argument("--segmenters", type=int, help="segmenter processes (default: cores - 1)")

@@ -223,7 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         positions, touching, body_length = load_truth(args.truth)
         scores = evaluate(positions, touching, body_length, load_predictions(args.pred))
-    except (OSError, ValueError, KeyError) as err:
+    except OSError as err:
+        print(f"shoal evaluate: cannot read {err.filename or args.truth}: {err.strerror or err}", file=sys.stderr)
+        return 2
+    except (ValueError, KeyError) as err:
         print(f"shoal evaluate: {err}", file=sys.stderr)
         return 2
     if args.json:

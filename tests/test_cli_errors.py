@@ -79,14 +79,22 @@ def test_interval_beyond_the_video(tmp_path: Path, small_video: Path):
     assert "12" in line  # the video's length, so the user knows what is allowed
 
 
-@pytest.mark.parametrize("argv", [["track", "/nonexistent/v.avi", "--animals", "2"],
-                                  ["track", "/nonexistent/v.avi", "--animals", "2", "--intensity", "9", "1"]])
-def test_main_returns_exit_code_in_process(argv, capsys):
+@pytest.mark.parametrize(("argv", "words"), [
+    (["track", "/nonexistent/v.avi", "--animals", "2"], "does not exist"),
+    (["track", "/nonexistent/v.avi", "--animals", "2", "--intensity", "9", "1"], "intensity_ths"),
+    (["demo", "--animals", "0"], "--animals must be at least 1"),  # was a traceback
+    (["demo", "--frames", "5"], "--frames must be at least 100"),  # was "identity accuracy 0.0000"
+    (["evaluate", "--truth", "/nonexistent/truth.npz", "--pred", "/nonexistent"],
+     "cannot read /nonexistent/truth.npz: No such file or directory"),
+])
+def test_main_returns_exit_code_in_process(argv, words, capsys, tmp_path, monkeypatch):
     from shoal.cli import main
 
+    monkeypatch.chdir(tmp_path)  # the demo's default folder, should it ever start
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("shoal:")
+    assert len(err) == 1 and err[0].startswith("shoal") and words in err[0], err
+    assert not list(tmp_path.iterdir())
 
 
 # -- the gateway's refusals: one line, exit 2 (change the command) or 1, never a traceback -----------
