@@ -284,3 +284,22 @@ def test_exit_codes_agree_in_help_readme_and_api_docs():
     assert f"`{INVALID_INPUT}`" in api and f"`{INVALID_INPUT.strip()}`" in readme
     assert re.search(rf"exit with {EXIT_USAGE} when the job failed with an `error` starting\s+with "
                      rf"`{INVALID_INPUT}`", api)
+
+
+def test_a_finished_stage_keeps_its_own_time_on_screen():
+    """Issue 15 item 8: the probe took a second; at the end of a 53 s job its bar must still say 00:01."""
+    import io
+    from types import SimpleNamespace as Stage
+
+    from shoal.client import StageBars
+
+    screen = io.StringIO()
+    bars = StageBars(file=screen)
+    bars.show([Stage(stage="probe", fraction=0.5)], now=100.0)
+    bars.show([Stage(stage="probe", fraction=1.0), Stage(stage="segment", fraction=0.1)], now=101.0)
+    bars.show([Stage(stage="probe", fraction=1.0), Stage(stage="segment", fraction=1.0)], now=153.0)
+    bars.close(now=160.0)
+    last = {line.split("|")[0].strip(): line for line in screen.getvalue().replace("\r", "\n").splitlines()
+            if "|" in line}
+    assert last["probe"].rstrip().endswith("100% 00:01"), last["probe"]
+    assert last["segment"].rstrip().endswith("100% 00:52"), last["segment"]
