@@ -133,7 +133,7 @@ def _gateway_path(path: str) -> str:
 
 def _check_locally(params: TrackingParams) -> None:
     """Catch bad input before starting any service: one clear line instead of a failed job."""
-    from services.segmenter.roi import RoiError, roi_mask, roi_regions
+    from shoal.roi import RoiError, roi_mask, roi_regions
     from shoal.video import VideoError, probe_video
 
     try:

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from services.segmenter.roi import RoiError, parse_roi, roi_mask, roi_regions
+from shoal.roi import RoiError, parse_roi, roi_mask, roi_regions
 
 
 def test_no_roi_is_the_whole_frame():

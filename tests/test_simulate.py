@@ -192,7 +192,7 @@ def test_cli_writes_files_and_rejects_bad_input(tmp_path, capsys):
 
 
 def test_arenas_keep_their_animals_apart_and_give_their_rois():
-    from services.segmenter.roi import roi_mask, roi_regions
+    from shoal.roi import roi_mask, roi_regions
 
     config = SimulationConfig(n_animals=5, n_frames=150, preset="flies", seed=4, n_arenas=2)
     assert (config.width, config.height) == (1000, 500) and config.arena_sizes() == [3, 2]

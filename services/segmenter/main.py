@@ -23,10 +23,10 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 from shoal.codec import Message
 from shoal.config import parse_config, setup_logging
 from shoal.params import ParamError, TrackingParams
+from shoal.roi import RoiError
 from shoal.transport import DATA_HWM, ControlChannel, make_socket, send
 from shoal.video import VideoError, VideoInfo
 
-from .roi import RoiError
 from .work import Probe, SegmentationError, probe, segment_chunk
 
 FRAMES = Counter("shoal_frames_segmented_total", "Frames segmented")
