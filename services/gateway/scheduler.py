@@ -153,12 +153,6 @@ class Scheduler(threading.Thread):
     def stop(self) -> None:
         self.stopping.set()
 
-    def worker_counts(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for w in list(self.workers.values()):
-            counts[w.role] = counts.get(w.role, 0) + 1
-        return counts
-
     # -- the loop ------------------------------------------------------------------------------
 
     def run(self) -> None:
