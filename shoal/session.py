@@ -12,6 +12,7 @@ so a crash or a full disk never leaves a half-written trajectories file behind.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import re
@@ -304,6 +305,15 @@ def write_session(
     written = {"session": out_dir / "session.json"}
     _write_json(written["session"], session)
     return written | write_trajectories(out_dir / "trajectories", trajectories, session, formats)
+
+
+def session_write_error(folder: Path, exc: OSError) -> str:
+    """One line for a session folder that could not be written (a full volume above all)."""
+    where = f" ({Path(exc.filename).name})" if exc.filename else ""
+    if exc.errno == errno.ENOSPC:
+        return (f"the session folder {folder} ran out of space while writing the results{where}: free space "
+                f"there or choose another output folder, then run the job again (nothing was kept)")
+    return f"cannot write the session folder {folder}{where}: {exc.strerror or exc} (nothing was kept)"
 
 
 def update_session_json(out_dir: Path, updates: dict[str, Any], warnings: list[str] | tuple = ()) -> dict:

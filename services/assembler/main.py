@@ -32,7 +32,9 @@ from shoal.learning import CrossingReply, CrossingRequest, IdentityReply, Identi
 from shoal.params import ParamError, TrackingParams
 from shoal.session import (
     BACKGROUND_FILE,
+    clear_session,
     effective_parameters,
+    session_write_error,
     timer_name,
     update_session_json,
     utc_iso,
@@ -297,21 +299,26 @@ def assemble(ctx: zmq.Context, job: str, state: JobState, progress: Progress) ->
         first = np.concatenate([[0], np.cumsum(region_counts)]).astype(int)
         groups = {f"region_{r}": list(range(first[r] + 1, first[r + 1] + 1)) for r in range(len(region_counts))}
         session["regions"] = {"animals_per_region": region_counts, "identities": groups}
-    if len(result.identity_model):  # what a later session's knowledge transfer starts from
-        model_path = out_dir / MODEL_FILE
-        model_path.with_suffix(".tmp").write_bytes(result.identity_model.tobytes())
-        model_path.with_suffix(".tmp").replace(model_path)
     if knowledge is not None:
         session["knowledge_transfer"] = {"from": params.knowledge_transfer_folder,
                                          "matching_score": _finite_or_none(result.transfer_score)}
-    write_session(out_dir, {
-        "trajectories": result.trajectories, "id_probabilities": result.id_probabilities,
-        "areas": _area_statistics(result.areas), "frames_per_second": video["fps"], "body_length": probe["body_length"],
-        "estimated_accuracy": result.estimated_accuracy, "silhouette_score": result.silhouette,
-        "setup_points": params.setup_points, "identities_labels": params.identities_labels,
-        "identities_groups": groups,
-        "width": video["width"], "height": video["height"], "video_paths": video["paths"], "session": session,
-    }, formats=tuple(params.trajectories_formats))
+    try:
+        if len(result.identity_model):  # what a later session's knowledge transfer starts from
+            model_path = out_dir / MODEL_FILE
+            model_path.with_suffix(".tmp").write_bytes(result.identity_model.tobytes())
+            model_path.with_suffix(".tmp").replace(model_path)
+        write_session(out_dir, {
+            "trajectories": result.trajectories, "id_probabilities": result.id_probabilities,
+            "areas": _area_statistics(result.areas), "frames_per_second": video["fps"],
+            "body_length": probe["body_length"],
+            "estimated_accuracy": result.estimated_accuracy, "silhouette_score": result.silhouette,
+            "setup_points": params.setup_points, "identities_labels": params.identities_labels,
+            "identities_groups": groups,
+            "width": video["width"], "height": video["height"], "video_paths": video["paths"], "session": session,
+        }, formats=tuple(params.trajectories_formats))
+    except OSError as exc:  # e.g. a full data volume: no half-written session may look complete
+        clear_session(out_dir)
+        raise JobError(session_write_error(out_dir, exc)) from None
     progress("write", 1.0, {})
     if params.output_video or params.output_individual_videos:
         t_videos = time.perf_counter()
