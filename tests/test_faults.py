@@ -223,6 +223,40 @@ def test_a_job_restarts_when_no_replacement_comes_in_time(video, reference, tmp_
     np.testing.assert_array_equal(_trajectories(tmp_path / "b"), reference)
 
 
+#: an identifier that heartbeats and stores batches but never answers `resume` (a wedged control path)
+DEAF_IDENTIFIER = ("import sys; import services.identifier.main as m; "
+                   "m.Identifier.on_resume = lambda self, job, *a, **k: self.log.info('job %s: resume ignored', job); "
+                   "sys.exit(m.main(sys.argv[1:]))")
+
+
+def test_a_job_whose_identifier_never_answers_resume_fails_instead_of_waiting(video, tmp_path, monkeypatch):
+    """With ``SHOAL_REPIN_GRACE_S=2`` and an identifier that heartbeats but ignores ``resume``: the job
+    fails within the grace (and the time to probe), naming the identifier, instead of staying paused
+    for ever (docs/messages.md, known gap 13)."""
+    monkeypatch.setenv("SHOAL_REPIN_GRACE_S", "2")
+    with LocalCluster(_root(video, tmp_path), tmp_path / "work", segmenters=1) as cluster:
+        identifier = cluster.procs["identifier"]
+        flags = identifier.args[3:]  # [python, -m, module, flags...]
+        identifier.kill()
+        identifier.wait(10)
+        env = {k: v for k, v in os.environ.items() if k != "SHOAL_AUTH_TOKEN"} | {"PYTHONUNBUFFERED": "1"}
+        with open(cluster.log_path, "ab") as log:
+            deaf = cluster.procs["deaf"] = subprocess.Popen([sys.executable, "-c", DEAF_IDENTIFIER, *flags],
+                                                            stdin=subprocess.DEVNULL, stderr=log, env=env)
+        client = Client(cluster.grpc_address)
+        client.wait_ready()
+        _wait_for_log(cluster, rf"identifier-\S+-{deaf.pid}-\S+ joined")  # the job is pinned to it, at once
+        # or after the killed one, had it registered, is lost
+        job_id = client.submit(_params(video), output_dir=str(tmp_path / "b")).job_id
+        deadline = time.monotonic() + 60  # bounded: before the fix the job stayed paused for ever
+        while (job := client.get(job_id)).state in (pb.QUEUED, pb.RUNNING) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        client.close()
+    assert job.state == pb.FAILED, f"still {pb.JobState.Name(job.state)} after 60 s"
+    assert "did not answer `resume` within 2 s" in job.error and "restart that identifier" in job.error, job.error
+    assert not (tmp_path / "b" / "trajectories").exists()
+
+
 def test_identities_survive_replacing_the_identifier_and_the_assembler_while_learning(simulation, tmp_path):
     """With identities: SIGKILL the identifier while it answers ``learn_identities`` and start a new
     one (the assembler sends the request again there), then SIGKILL the assembler while identities

@@ -110,8 +110,9 @@ class JobRun:
     stages: dict[str, dict[str, float]] = field(default_factory=dict)
     #: role -> when its pinned worker was lost; the job is paused until a replacement is pinned
     missing: dict[str, float] = field(default_factory=dict)
-    #: a `resume` was sent and its `resume_ack` has not come: the job stays paused
+    #: a `resume` was sent (at `resume_sent`) and its `resume_ack` has not come: the job stays paused
     resuming: bool = False
+    resume_sent: float = 0.0
     #: the roles replaced since the last `resume_ack`
     replaced: list[str] = field(default_factory=list)
 
@@ -294,9 +295,15 @@ class Scheduler(threading.Thread):
                 self.pending.appendleft(task)
 
     def _repin(self) -> None:
-        """Re-pin paused jobs to replacement workers, or restart those that waited too long."""
+        """Re-pin paused jobs to replacement workers, or restart those that waited too long; fail those
+        whose identifier, alive, has not answered `resume` within the same grace."""
         now = time.monotonic()
         for run in list(self.runs.values()):
+            if run.resuming and not run.missing and now - run.resume_sent > self.repin_grace_s:
+                self._end(run.record.job_id, FAILED, f"the job's identifier {run.identifier.decode()} did not answer "
+                                                     f"`resume` within {self.repin_grace_s:.0f} s while still "
+                                                     "heartbeating; restart that identifier and submit the job again")
+                continue
             if not run.missing:
                 continue
             found = {}
@@ -333,7 +340,7 @@ class Scheduler(threading.Thread):
         the ``resume_ack``. ``discard``: the probe was computed afresh, so stored chunks of an earlier
         run may not match and the identifier drops them."""
         self._send_assemble(run)
-        run.resuming = True
+        run.resuming, run.resume_sent = True, time.monotonic()
         self._send(run.identifier, Message("resume", {
             "job": run.record.job_id, "n_chunks": len(run.record.plan["chunks"]),
             "assembler": self.workers[run.assembler].info["geometry"], "discard": discard}))
