@@ -3,8 +3,10 @@
 Labs have analysis code written for idtracker.ai's output, so the trajectory files use exactly the
 key set, shapes and file layout of idtracker.ai v6 (method notes §7.1-7.3): a pickled dict in
 `trajectories/trajectories.npy`, the same content in `trajectories.h5`, and plain-text tables in
-`trajectories/trajectories_csv/`. `session.json` holds what Shoal adds: the parameters asked for and
-those really used, the run's times and Shoal version, timers, statistics and warnings.
+`trajectories/trajectories_csv/`. On request the same trajectories go to the neuroscience data
+stack's formats as well: SLEAP's analysis HDF5 (`shoal/sleap.py`) and NWB (`shoal/nwb.py`).
+`session.json` holds what Shoal adds: the parameters asked for and those really used, the run's
+times and Shoal version, timers, statistics and warnings.
 
 Every file is written to a temporary name in its own folder and then renamed over the final name,
 so a crash or a full disk never leaves a half-written trajectories file behind.
