@@ -76,6 +76,16 @@ def tempered_p1(votes: np.ndarray, a: float, tau: float) -> np.ndarray:
     return p / p.sum(axis=1, keepdims=True)
 
 
+def _witness_log_likelihood(p1: np.ndarray, pairs: tuple[np.ndarray, np.ndarray], together: bool) -> float:
+    """Mean log-chance of fragment pairs being one animal (`together`) or two, under identities `p1`.
+
+    A witness is wrong about 1 time in MIN_LINK_ODDS (a sure link that is not, a blob that is debris
+    or half an animal): one such must not rule.
+    """
+    same = np.sum(p1[pairs[0]] * p1[pairs[1]], axis=1)
+    return float(np.mean(np.log(LINK_ERROR + (1 - LINK_ERROR) * (same if together else 1 - same))))
+
+
 def calibrate_to_evidence(next_fragment: np.ndarray, coexistence: list[np.ndarray], votes: np.ndarray,
                           a: float, tau: float) -> float:
     """The vote correlation τ (≥ ``tau``) that best explains what the video says without appearance.
@@ -96,17 +106,11 @@ def calibrate_to_evidence(next_fragment: np.ndarray, coexistence: list[np.ndarra
     apart = (pairs[:, 0], pairs[:, 1]) if len(pairs) >= MIN_CALIBRATION_LINKS else None
     if same is None and apart is None:
         return tau
+    witnesses = [(pairs, together) for pairs, together in ((same, True), (apart, False)) if pairs is not None]
     best, best_tau = -np.inf, tau
     for candidate in [t for t in TAU_GRID if t >= tau] or [tau]:
         p1 = tempered_p1(votes, a, candidate)
-        # a witness is wrong about 1 time in MIN_LINK_ODDS (a sure link that is not, a blob that is
-        # debris or half an animal): one such must not rule
-        score = 0.0
-        if same is not None:
-            score += float(np.mean(np.log(LINK_ERROR + (1 - LINK_ERROR) * np.sum(p1[same[0]] * p1[same[1]], axis=1))))
-        if apart is not None:
-            score += float(np.mean(np.log(LINK_ERROR + (1 - LINK_ERROR) * (1 - np.sum(p1[apart[0]] * p1[apart[1]],
-                                                                                       axis=1)))))
+        score = sum(_witness_log_likelihood(p1, pairs, together) for pairs, together in witnesses)
         if score > best + 1e-9:
             best, best_tau = score, candidate
     return best_tau
