@@ -11,7 +11,7 @@ import json
 import tomllib
 from pathlib import Path
 
-from shoal.nwb import check_nwb_metadata
+from shoal.nwb import check_nwb_metadata, nwb_metadata
 from shoal.session import NO_SPECIES, check_formats, load_session, trajectories_dict, write_trajectories
 
 
@@ -61,6 +61,6 @@ def export_session(session_folder: Path, fmt: str, out: Path | None = None,
     except OSError as exc:
         raise ExportError(f"cannot write {exc.filename or out}: {exc.strerror or exc}") from None
     warnings = []
-    if fmt == "nwb" and not ((session.get("parameters") or {}).get("nwb") or {}).get("species"):
+    if fmt == "nwb" and not nwb_metadata(session).get("species"):
         warnings.append(NO_SPECIES + " (or give it with --metadata)")
     return written[fmt], warnings

@@ -24,6 +24,7 @@ import numpy as np
 
 import shoal
 from shoal.atomic import replacing
+from shoal.jsonsafe import json_safe
 
 #: keys of the ``[nwb]`` parameter table, what each is, and its default
 NWB_FIELDS = {
@@ -86,6 +87,11 @@ def check_nwb_metadata(value: Any) -> dict[str, Any]:
     return table
 
 
+def nwb_metadata(session: dict) -> dict[str, Any]:
+    """The ``[nwb]`` table a session was tracked (or is exported) with; empty when none was given."""
+    return dict((session.get("parameters") or {}).get("nwb") or {})
+
+
 def nwb_available() -> bool:
     from importlib.util import find_spec
 
@@ -117,16 +123,17 @@ def write_nwb(folder: Path, trajectories: dict, session: dict) -> list[Path]:
         raise RuntimeError(MISSING_LIBRARY) from None
     from hdmf.backends.hdf5 import H5DataIO
 
-    metadata = dict((session.get("parameters") or {}).get("nwb") or {})
+    metadata = nwb_metadata(session)
     fps = float(trajectories["frames_per_second"])
     videos = trajectories["video_paths"]
     starts = (session.get("video") or {}).get("file_starts") or [0]
     name = Path(videos[0]).name if videos else "the video"
-    notes = json.dumps({key: session.get(key) for key in ("shoal_version", "job_id", "started_utc", "finished_utc",
-                                                            "parameters", "effective_parameters", "statistics")}
-                       | {key: trajectories[key] for key in ("estimated_accuracy", "identities_labels",
-                                                              "identities_groups", "body_length", "length_unit")}
-                       | {"setup_points_px": trajectories["setup_points"]}, default=_plain)
+    notes = json.dumps(json_safe(
+        {key: session.get(key) for key in ("shoal_version", "job_id", "started_utc", "finished_utc", "parameters",
+                                           "effective_parameters", "statistics")}
+        | {key: trajectories[key] for key in ("estimated_accuracy", "identities_labels", "identities_groups",
+                                              "body_length", "length_unit")}
+        | {"setup_points_px": trajectories["setup_points"]}))
     paths = nwb_paths(folder, len(trajectories["identities_labels"]))
     for i, (label, path) in enumerate(zip(trajectories["identities_labels"], paths, strict=True)):
         nwbfile = NWBFile(
@@ -196,11 +203,6 @@ def write_nwb(folder: Path, trajectories: dict, session: dict) -> list[Path]:
             with NWBHDF5IO(temporary, mode="w") as io:
                 io.write(nwbfile)
     return paths
-
-
-def _plain(value: Any) -> Any:
-    """Arrays and numpy numbers as JSON-able Python values."""
-    return value.tolist() if isinstance(value, np.ndarray | np.generic) else str(value)
 
 
 def _accuracy(value: float | None) -> str:

@@ -27,7 +27,8 @@ import numpy as np
 
 import shoal
 from shoal.atomic import replacing
-from shoal.nwb import MISSING_LIBRARY, nwb_available, write_nwb
+from shoal.jsonsafe import json_safe
+from shoal.nwb import MISSING_LIBRARY, nwb_available, nwb_metadata, write_nwb
 from shoal.params import TRAJECTORY_FORMATS as FORMATS
 from shoal.sleap import write_sleap
 
@@ -53,23 +54,6 @@ SCALAR_KEYS = (
     "height",
 )
 """Keys stored as HDF5 file attributes (with the list-valued `identities_labels`, `video_paths`)."""
-
-
-def json_safe(value: Any) -> Any:
-    """`value` with numpy types as Python ones, NaN/inf as None and paths as strings: valid JSON."""
-    if isinstance(value, dict):
-        return {str(key): json_safe(item) for key, item in value.items()}
-    if isinstance(value, list | tuple | set):
-        return [json_safe(item) for item in value]
-    if isinstance(value, np.ndarray):
-        return json_safe(value.tolist())
-    if isinstance(value, np.generic):
-        return json_safe(value.item())
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Path):
-        return str(value)
-    return value
 
 
 def trajectories_dict(result: dict) -> dict:
@@ -267,6 +251,7 @@ def write_trajectories(folder: Path, trajectories: dict, session: dict, formats:
     ``trajectories/``) in each of `formats`; returns {format: its main file or folder}."""
     check_formats(formats)
     folder = Path(folder)
+    plain = json_safe(session)  # what the SLEAP and NWB files carry of the session, as JSON
     written = {}
     if "npy" in formats:
         written["npy"] = folder / "trajectories.npy"
@@ -279,10 +264,10 @@ def write_trajectories(folder: Path, trajectories: dict, session: dict, formats:
     if "csv_tidy" in formats:
         written["csv_tidy"] = write_csv_tidy(folder, trajectories)
     if "sleap" in formats:
-        written["sleap"] = write_sleap(folder, trajectories, json_safe(session))[0]
+        written["sleap"] = write_sleap(folder, trajectories, plain)[0]
     if "nwb" in formats:
         written["nwb"] = folder / "trajectories_nwb"
-        write_nwb(written["nwb"], trajectories, json_safe(session))
+        write_nwb(written["nwb"], trajectories, plain)
     return written
 
 
@@ -292,9 +277,9 @@ def write_session(
     """Write the session folder; returns {"session": session.json, format: its main file}.
 
     `result` holds the trajectory inputs of :func:`trajectories_dict` plus `session`, the dict
-    stored in session.json; the quality indicators are added to its "statistics".
+    stored in session.json; the quality indicators are added to its "statistics". session.json is
+    written last, once every trajectory file is in place.
     """
-    check_formats(formats)
     out_dir = Path(out_dir)
     trajectories = trajectories_dict(result)
     session = dict(result.get("session") or {})
@@ -302,11 +287,11 @@ def write_session(
     for key in ("estimated_accuracy", "silhouette_score", "fraction_identified"):
         statistics.setdefault(key, trajectories[key])
     session["statistics"] = statistics
-    if "nwb" in formats and not ((session.get("parameters") or {}).get("nwb") or {}).get("species"):
+    if "nwb" in formats and not nwb_metadata(session).get("species"):
         session["warnings"] = [*session.get("warnings", []), NO_SPECIES]
-    written = {"session": out_dir / "session.json"}
-    _write_json(written["session"], session)
-    return written | write_trajectories(out_dir / "trajectories", trajectories, session, formats)
+    written = write_trajectories(out_dir / "trajectories", trajectories, session, formats)
+    _write_json(out_dir / "session.json", session)
+    return {"session": out_dir / "session.json", **written}
 
 
 def session_write_error(folder: Path, exc: OSError) -> str:

@@ -17,6 +17,7 @@ import numpy as np
 
 import shoal
 from shoal.atomic import replacing
+from shoal.jsonsafe import json_safe
 
 NODE = "centroid"
 
@@ -42,7 +43,8 @@ def video_spans(trajectories: dict, session: dict) -> list[tuple[str, int, int]]
 def write_sleap(folder: Path, trajectories: dict, session: dict) -> list[Path]:
     """Write the analysis files of a session's trajectories dict into `folder`; returns their paths."""
     spans = video_spans(trajectories, session)
-    for path, (video_path, start, count) in zip(sleap_paths(folder, len(spans)), spans, strict=True):
+    paths = sleap_paths(folder, len(spans))
+    for path, (video_path, start, count) in zip(paths, spans, strict=True):
         positions = trajectories["trajectories"][start:start + count]
         known = np.isfinite(positions).all(axis=2)
         certainty = np.where(known, trajectories["id_probabilities"][start:start + count, :, 0], np.nan)
@@ -69,11 +71,7 @@ def write_sleap(folder: Path, trajectories: dict, session: dict) -> list[Path]:
             h5["video_path"] = str(video_path)
             h5["video_ind"] = 0
             h5["labels_path"] = ""
-            h5["provenance"] = json.dumps(provenance, default=_plain)
+            h5["provenance"] = json.dumps(json_safe(provenance))
             h5.attrs["format"] = "analysis"
-    return sleap_paths(folder, len(spans))
+    return paths
 
-
-def _plain(value):
-    """Arrays and numpy numbers as JSON-able Python values."""
-    return value.tolist() if isinstance(value, np.ndarray | np.generic) else str(value)
