@@ -474,7 +474,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    from shoal.client import write_result
+    from shoal.client import asked_formats, write_result
     from shoal.nwb import MISSING_LIBRARY, nwb_available
 
     out = Path(args.out).resolve()
@@ -482,7 +482,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     result = client.result(args.job)  # an unknown or unfinished job first: it leaves no folder behind
     folder = prepare_session_folder(out, args.overwrite)
     videos = result["session"].get("videos") or {}
-    formats = result["session"].get("parameters", {}).get("trajectories_formats") or ["npy", "h5", "csv"]
+    formats = asked_formats(result["session"])
     if "nwb" in formats and not nwb_available():
         formats = [f for f in formats if f != "nwb"] or ["npy"]
         print(f"warning: NWB files not written here ({MISSING_LIBRARY}); then shoal export {out} --format nwb",

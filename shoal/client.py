@@ -14,7 +14,7 @@ import grpc
 import numpy as np
 from tqdm import tqdm
 
-from shoal.params import TrackingParams
+from shoal.params import DEFAULT_FORMATS, TrackingParams
 from shoal.v1 import jobs_pb2 as pb
 from shoal.v1 import jobs_pb2_grpc as pb_grpc
 
@@ -230,10 +230,15 @@ def format_job(job: pb.Job) -> str:
     return f"{job.job_id}  {state:<9} {job.stage:<11} {100 * job.fraction:5.1f}%  {job.name}  {figures}"
 
 
+def asked_formats(session: dict) -> list[str]:
+    """The trajectory formats a session's job asked for (the default when it named none)."""
+    return list((session.get("parameters") or {}).get("trajectories_formats") or DEFAULT_FORMATS)
+
+
 def write_result(result: dict, out_dir: Path, formats: list[str] | None = None) -> dict[str, Path]:
-    """Write a fetched result as the same session folder the job wrote."""
+    """Write a fetched result as the same session folder the job wrote (or in ``formats``)."""
     from shoal.session import write_session
 
     session = result.pop("session")
-    formats = formats or session.get("parameters", {}).get("trajectories_formats") or ["npy", "h5", "csv"]
+    formats = formats or asked_formats(session)
     return write_session(out_dir, {**result, "session": session}, formats=tuple(formats))

@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 
 from shoal.nwb import check_nwb_metadata, nwb_metadata
-from shoal.session import NO_SPECIES, check_formats, load_session, trajectories_dict, write_trajectories
+from shoal.session import NO_SPECIES, load_session, trajectories_dict, write_trajectories
 
 
 class ExportError(Exception):
@@ -47,10 +47,6 @@ def export_session(session_folder: Path, fmt: str, out: Path | None = None,
     if not (folder / "trajectories" / "trajectories.npy").is_file():
         raise ExportError(f"{folder} holds no trajectories/trajectories.npy: not a finished Shoal session, or one "
                           "written without the npy format, which export reads")
-    try:
-        check_formats((fmt,))
-    except (ValueError, RuntimeError) as exc:
-        raise ExportError(str(exc)) from None
     session_json = folder / "session.json"
     session = json.loads(session_json.read_text()) if session_json.is_file() else {}
     if metadata is not None:
@@ -60,6 +56,8 @@ def export_session(session_folder: Path, fmt: str, out: Path | None = None,
         written = write_trajectories(Path(out) if out else folder / "trajectories", trajectories, session, (fmt,))
     except OSError as exc:
         raise ExportError(f"cannot write {exc.filename or out}: {exc.strerror or exc}") from None
+    except (ValueError, RuntimeError) as exc:  # an unknown format, or its library missing: checked before writing
+        raise ExportError(str(exc)) from None
     warnings = []
     if fmt == "nwb" and not nwb_metadata(session).get("species"):
         warnings.append(NO_SPECIES + " (or give it with --metadata)")

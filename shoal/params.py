@@ -19,6 +19,8 @@ from shoal.nwb import check_nwb_metadata
 METHODS = ("contrastive", "accumulation")
 #: trajectory files a job can write (shoal/session.py); sleap and nwb open in SLEAP, sleap-io and movement
 TRAJECTORY_FORMATS = ("npy", "h5", "csv", "csv_tidy", "sleap", "nwb")
+#: what a job writes when it names no formats (idtracker.ai's three)
+DEFAULT_FORMATS = ("npy", "h5", "csv")
 BACKGROUND_STATS = ("median", "mean", "max", "min")
 #: trail of the overlay video in frames when ``video_trail`` is unset: ``shoal video``'s default too
 DEFAULT_VIDEO_TRAIL = 20
@@ -75,7 +77,7 @@ class TrackingParams:
     resolution_reduction: float | None = None
     id_image_size: int | None = None
     check_segmentation: bool = False
-    trajectories_formats: list[str] = field(default_factory=lambda: ["npy", "h5", "csv"])
+    trajectories_formats: list[str] = field(default_factory=lambda: list(DEFAULT_FORMATS))
     frames_per_episode: int = 500
     output_dir: str | None = None
     knowledge_transfer_folder: str | None = None

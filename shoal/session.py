@@ -29,6 +29,7 @@ import shoal
 from shoal.atomic import replacing
 from shoal.jsonsafe import json_safe
 from shoal.nwb import MISSING_LIBRARY, nwb_available, nwb_metadata, write_nwb
+from shoal.params import DEFAULT_FORMATS
 from shoal.params import TRAJECTORY_FORMATS as FORMATS
 from shoal.sleap import write_sleap
 
@@ -272,7 +273,7 @@ def write_trajectories(folder: Path, trajectories: dict, session: dict, formats:
 
 
 def write_session(
-    out_dir: Path, result: dict, *, formats: tuple[str, ...] = ("npy", "h5", "csv")
+    out_dir: Path, result: dict, *, formats: tuple[str, ...] = DEFAULT_FORMATS
 ) -> dict[str, Path]:
     """Write the session folder; returns {"session": session.json, format: its main file}.
 

@@ -92,13 +92,14 @@ def _wait_for_segmenting(client: Client, job_id: str) -> None:
     _wait_for_stage(client, job_id, "segment", 0.1, 0.7)
 
 
-def _start_like(cluster: LocalCluster, name: str, new_name: str) -> subprocess.Popen:
+def _start_like(cluster: LocalCluster, name: str, new_name: str, launcher: str = LAUNCHER) -> subprocess.Popen:
     """Start another worker with the flags of ``name`` (so the same image store), logging to the
-    cluster's log; ``cluster.stop()`` ends it. No ``preexec_fn``: the test holds a gRPC channel."""
+    cluster's log; ``cluster.stop()`` ends it. No ``preexec_fn``: the test holds a gRPC channel.
+    ``launcher`` is Python code run with ``sys.argv[1:]`` = [module, flags...]."""
     module_args = cluster.procs[name].args[2:]  # [python, -m, module, flags...]
     env = {k: v for k, v in os.environ.items() if k != "SHOAL_AUTH_TOKEN"} | {"PYTHONUNBUFFERED": "1"}
     with open(cluster.log_path, "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-c", LAUNCHER, *module_args], stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen([sys.executable, "-c", launcher, *module_args], stdin=subprocess.DEVNULL,
                                 stderr=log, env=env)
     cluster.procs[new_name] = proc
     return proc
@@ -226,7 +227,7 @@ def test_a_job_restarts_when_no_replacement_comes_in_time(video, reference, tmp_
 #: an identifier that heartbeats and stores batches but never answers `resume` (a wedged control path)
 DEAF_IDENTIFIER = ("import sys; import services.identifier.main as m; "
                    "m.Identifier.on_resume = lambda self, job, *a, **k: self.log.info('job %s: resume ignored', job); "
-                   "sys.exit(m.main(sys.argv[1:]))")
+                   "sys.exit(m.main(sys.argv[2:]))")  # argv: -c, module, flags...
 
 
 def test_a_job_whose_identifier_never_answers_resume_fails_instead_of_waiting(video, tmp_path, monkeypatch):
@@ -235,14 +236,9 @@ def test_a_job_whose_identifier_never_answers_resume_fails_instead_of_waiting(vi
     for ever (docs/messages.md, known gap 13)."""
     monkeypatch.setenv("SHOAL_REPIN_GRACE_S", "2")
     with LocalCluster(_root(video, tmp_path), tmp_path / "work", segmenters=1) as cluster:
-        identifier = cluster.procs["identifier"]
-        flags = identifier.args[3:]  # [python, -m, module, flags...]
-        identifier.kill()
-        identifier.wait(10)
-        env = {k: v for k, v in os.environ.items() if k != "SHOAL_AUTH_TOKEN"} | {"PYTHONUNBUFFERED": "1"}
-        with open(cluster.log_path, "ab") as log:
-            deaf = cluster.procs["deaf"] = subprocess.Popen([sys.executable, "-c", DEAF_IDENTIFIER, *flags],
-                                                            stdin=subprocess.DEVNULL, stderr=log, env=env)
+        cluster.procs["identifier"].kill()
+        cluster.procs["identifier"].wait(10)
+        deaf = _start_like(cluster, "identifier", "deaf", launcher=DEAF_IDENTIFIER)
         client = Client(cluster.grpc_address)
         client.wait_ready()
         _wait_for_log(cluster, rf"identifier-\S+-{deaf.pid}-\S+ joined")  # the job is pinned to it, at once
