@@ -96,3 +96,27 @@ def test_second_session_names_the_same_animals_the_same(tmp_path):
     print(f"matching score {score:.4f}; identity k on the same animal as in the first session: {fraction:.4f}")
     assert fraction >= 0.99
     assert Path(second / MODEL_FILE).exists()
+
+
+def test_a_model_written_before_input_pooling_still_loads_and_lends_its_trunk():
+    """A model of 80 px crops written before the identifier pooled large crops (its header has no
+    ``input_pooling``) saw whole crops: it still loads and predicts, and a new network, which pools,
+    starts from its trunk (the head's input size differs) instead of failing on mismatched shapes."""
+    import torch
+
+    from services.identifier import transfer
+    from services.identifier.networks import EmbeddingNet
+
+    old = EmbeddingNet(80, pooling=1)
+    arrays = {f"weights/{name}": value.numpy() for name, value in old.state_dict().items()}
+    data = encode_model({"kind": transfer.CONTRASTIVE, "crop_side": 80, "n_animals": 2, "version": "0"},
+                        arrays | {"centres": np.eye(2, 8, dtype=np.float32)})
+    earlier = transfer.load(data, torch.device("cpu"))
+    images = np.random.default_rng(0).integers(0, 255, (5, 80, 80), dtype=np.uint8)
+    assert transfer.predict(earlier, images, np.arange(5)).shape == (5, 2)
+    state = transfer.initial_state(earlier, transfer.CONTRASTIVE)
+    assert state and all(name.startswith("trunk.") for name in state)
+    new = EmbeddingNet(80)
+    new.load_state_dict(state, strict=False)
+    assert new.trunk.pooling == 2
+    assert torch.equal(new.trunk.layers[0].weight, old.trunk.layers[0].weight)

@@ -18,7 +18,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from services.identifier import accumulation, contrastive
-from services.identifier.networks import EmbeddingNet, IdCNN, read_rows
+from services.identifier.networks import EmbeddingNet, IdCNN, input_pooling, read_rows
 from shoal import __version__
 from shoal.knowledge import decode_model, encode_model
 
@@ -42,7 +42,8 @@ def model_file(kind: str, model: EmbeddingNet | IdCNN, centres: torch.Tensor | N
     arrays = {f"weights/{name}": value.detach().cpu().numpy() for name, value in model.state_dict().items()}
     if centres is not None:
         arrays["centres"] = centres.detach().cpu().numpy().astype(np.float32)
-    meta = {"kind": kind, "crop_side": int(crop_side), "n_animals": int(n_animals), "version": __version__}
+    meta = {"kind": kind, "crop_side": int(crop_side), "n_animals": int(n_animals), "version": __version__,
+            "input_pooling": model.trunk.pooling}
     return encode_model(meta, arrays)
 
 
@@ -50,7 +51,8 @@ def load(data: np.ndarray, device: torch.device) -> Transferred:
     """The model of a model file's bytes, on ``device``."""
     meta, arrays = decode_model(data)
     side, n = int(meta["crop_side"]), int(meta["n_animals"])
-    model = EmbeddingNet(side) if meta["kind"] == CONTRASTIVE else IdCNN(side, n)
+    pooling = int(meta.get("input_pooling", 1))  # models written before input pooling saw whole crops
+    model = EmbeddingNet(side, pooling) if meta["kind"] == CONTRASTIVE else IdCNN(side, n, pooling)
     state = {name.removeprefix("weights/"): torch.from_numpy(value) for name, value in arrays.items()
              if name.startswith("weights/")}
     model.load_state_dict(state)
@@ -59,11 +61,13 @@ def load(data: np.ndarray, device: torch.device) -> Transferred:
 
 
 def initial_state(earlier: Transferred | None, kind: str) -> dict[str, torch.Tensor] | None:
-    """Weights a new network of ``kind`` starts from: all of them for the same kind, else the trunk."""
+    """Weights a new network of ``kind`` starts from: all of them for the same kind, else the trunk's
+    (whose shapes do not depend on the crop side; nor do they for a model that pooled its input
+    otherwise than a new network will, whose head is then left out)."""
     if earlier is None:
         return None
     state = earlier.model.state_dict()
-    if earlier.kind == kind:
+    if earlier.kind == kind and earlier.model.trunk.pooling == input_pooling(earlier.crop_side):
         return state
     return {name: value for name, value in state.items() if name.startswith("trunk.")}
 
