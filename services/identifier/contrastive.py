@@ -8,8 +8,9 @@ embeddings of a sample are clustered with k-means (k = N); the mean silhouette t
 animals separate (0.91 matched < 1 % per-image error in the paper). Training stops when the
 clusters agree with the fragments (:func:`fragment_agreement`, our addition: usually far sooner),
 when the silhouette passes the target and stops improving, when it stops improving for
-``patience`` checks, or when the step or time budget ends: the video, not a fixed epoch count,
-decides how long to train.
+``patience`` checks, when accumulation can take over and the agreement rises too slowly to
+arrive within the budget, or when the step or time budget ends: the video, not a fixed epoch
+count, decides how long to train.
 """
 
 from __future__ import annotations
@@ -51,8 +52,7 @@ def pairs_per_step(n_animals: int) -> int:
 
 @dataclass
 class ContrastiveSettings:
-    pairs_per_step: int = 0  # of each kind; 0 -> pairs_per_step(N). v6 uses 400 on a GPU; we favour
-    # more, cheaper steps on CPU
+    pairs_per_step: int = 0  # of each kind; 0 -> pairs_per_step(N) (v6 draws 400 on a GPU)
     learning_rate: float = 2e-3  # at 128 pairs; scaled by 128 / pairs (smaller batches, bigger steps)
     check_every: int = 0  # steps between silhouette checks; 0 -> 20 + 2·N
     patience: int = 10  # checks without improvement before giving up
