@@ -32,8 +32,6 @@ SILHOUETTE_TARGET = 0.91
 #: hinge losses then give no gradient, and more steps only memorise (few fragments, large crops)
 LOSS_FIT = 0.01
 MIN_FRAGMENT_IMAGES = 4  # "long" fragments, as v6
-#: checks over which the agreement's pace is measured, for giving up early (see train_contrastive)
-PACE_CHECKS = 10
 #: up to this many animals a step takes half the pairs (see :func:`pairs_per_step`)
 SMALL_GROUP = 6
 
@@ -185,7 +183,6 @@ def train_contrastive(
     settings: ContrastiveSettings | None = None,
     progress: Progress | None = None,
     init_state: dict[str, torch.Tensor] | None = None,
-    can_fall_back: bool = False,
 ) -> ContrastiveResult:
     """Train the embedding on uint8 ``images`` (already on ``device`` or CPU).
 
@@ -194,9 +191,6 @@ def train_contrastive(
     ``fragments``. ``init_fragments`` (N fragment indices, e.g. a global fragment) seed the k-means
     centres with their mean embeddings so cluster k tends to stay animal k between checks.
     ``init_state`` (knowledge transfer) replaces the seeded initial weights it names.
-    ``can_fall_back``: the caller has another route (accumulation from a global fragment), so
-    training gives up as soon as, at the pace of its last ``PACE_CHECKS`` checks, the agreement
-    would reach its target only after the step budget.
     """
     settings = settings or ContrastiveSettings()
     images = images.to(device)
@@ -236,7 +230,6 @@ def train_contrastive(
     low_loss = float("inf")
     since_best, agreeing, step, reason = 0, 0, 0, "step budget"
     history: list[tuple[int, float, float]] = []
-    tops: list[float] = []  # best agreement so far, per check
     running_loss, started, shown = 0.0, time.monotonic(), 0.0
     while step < settings.max_steps:
         model.train()
@@ -292,7 +285,6 @@ def train_contrastive(
         improved = (score > top_silhouette + 1e-4 or agreement > top_agreement + 0.005
                     or running_loss < low_loss * 0.99)
         top_silhouette, top_agreement = max(top_silhouette, score), max(top_agreement, agreement)
-        tops.append(top_agreement)
         low_loss = min(low_loss, running_loss)
         if (agreement, score) > best[:2]:
             best = (agreement, score, copy.deepcopy(model.state_dict()), centres)
@@ -307,11 +299,6 @@ def train_contrastive(
         if since_best >= settings.patience:
             reason = "stopped improving"
             break
-        if can_fall_back and len(tops) > PACE_CHECKS:
-            pace = (tops[-1] - tops[-1 - PACE_CHECKS]) / (PACE_CHECKS * check_every)
-            if pace <= 0 or step + (settings.agreement_target - top_agreement) / pace > settings.max_steps:
-                reason = f"agreement {top_agreement:.3f} rising too slowly to reach its target within the step budget"
-                break
         if time.monotonic() - started > settings.max_seconds:
             reason = "time budget"
             break

@@ -104,8 +104,7 @@ class LocalIdentifier:
             init = position[fragments.global_fragments[first_gf]]
         result = contrastive.train_contrastive(images, local, pairs, n, rng, request.seed, self.device,
                                                init_fragments=init, settings=self.settings, progress=progress,
-                                               init_state=transfer.initial_state(self._earlier, transfer.CONTRASTIVE),
-                                               can_fall_back=has_gf)
+                                               init_state=transfer.initial_state(self._earlier, transfer.CONTRASTIVE))
         self._trained = (transfer.CONTRASTIVE, result.model, result.centres)
         probabilities = self._embed_all(result, request)
         notes = [f"contrastive: {result.steps} steps, silhouette {result.silhouette:.3f} ({result.stop_reason})"]
