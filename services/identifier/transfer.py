@@ -61,9 +61,9 @@ def load(data: np.ndarray, device: torch.device) -> Transferred:
 
 
 def initial_state(earlier: Transferred | None, kind: str) -> dict[str, torch.Tensor] | None:
-    """Weights a new network of ``kind`` starts from: all of them for the same kind, else the trunk's
-    (whose shapes do not depend on the crop side; nor do they for a model that pooled its input
-    otherwise than a new network will, whose head is then left out)."""
+    """Weights a new network of ``kind`` starts from: all of them for the same kind and input
+    pooling, else the trunk's, whose shapes depend on neither (a model written before large crops
+    were pooled has a head of another input size)."""
     if earlier is None:
         return None
     state = earlier.model.state_dict()
