@@ -20,10 +20,10 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from bench.cases import CASES, HARD_CASES, ensure_video
-from services.segmenter.segmentation import segment_frame
 from services.segmenter.work import SegmentationError, probe
 from shoal.params import TrackingParams
 from shoal.roi import roi_mask
+from shoal.segmentation import segment_frame
 from shoal.video import probe_video, sample_frames
 from tests.segmentation_scenes import Scene
 

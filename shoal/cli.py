@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import secrets
 import shutil
 import signal
 import sys
@@ -553,6 +554,24 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_review(args: argparse.Namespace) -> int:
+    from shoal.review.app import serve_folder
+    from shoal.review.session import ReviewError
+
+    token = args.token or secrets.token_urlsafe(16)
+    try:
+        serve_folder(args.session, host=args.host, port=args.port, token=token, open_browser=not args.no_browser,
+                     ready=lambda url: print(f"shoal review: {url}\n(Ctrl-C to stop; corrections are saved as you "
+                                             f"make them, in {Path(args.session) / 'corrections.json'})", flush=True))
+    except ReviewError as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it stopped on: here it is how a review ends
+        pass
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="shoal", formatter_class=HelpFormatter, epilog=f"Each command has its own --help.\n\n{EXIT_CODES}",
@@ -678,6 +697,23 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--metadata", metavar="TOML", help="a TOML file whose [nwb] table (session start, species, "
                                                       "...) replaces the session's (default: the session's own)")
     e.set_defaults(func=cmd_export)
+
+    r = command(
+        "review", "review and correct a session in the browser",
+        description="Open a session in a web page: step through its frames with every identity drawn, jump to the "
+                    "doubtful moments, swap identities, move or delete positions and mark ranges checked. "
+                    "Corrections are saved at once in SESSION/corrections.json and applied to "
+                    "SESSION/trajectories_corrected/ (the original trajectories stay as they are); checked ranges "
+                    "are ground truth for shoal evaluate --truth-from-review.")
+    r.add_argument("session", help="session folder written by shoal track or shoal fetch")
+    r.add_argument("--port", type=int, default=0, help="HTTP port (default: any free port; the URL is printed)")
+    r.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: this machine only; another address lets others on the "
+                        "network in, with the token)")
+    r.add_argument("--token", default=os.environ.get("SHOAL_REVIEW_TOKEN"),
+                   help="token the page requires [SHOAL_REVIEW_TOKEN] (default: a new random one, in the URL)")
+    r.add_argument("--no-browser", action="store_true", help="only print the URL")
+    r.set_defaults(func=cmd_review)
 
     # their own parsers (shoal simulate --help); main() hands them the rest of the command line
     command("simulate", "synthetic videos of look-alike animals with ground truth", add_help=False)

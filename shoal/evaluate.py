@@ -210,8 +210,14 @@ def arg_parser() -> argparse.ArgumentParser:
     """The flags of `shoal evaluate`."""
     parser = argparse.ArgumentParser(prog="shoal evaluate", description=__doc__.splitlines()[0],
                                      formatter_class=HelpFormatter)
-    parser.add_argument("--truth", required=True, help="ground_truth.npz written by `shoal simulate`")
-    parser.add_argument("--pred", required=True, help="session folder, trajectories .npy or .csv")
+    truth = parser.add_mutually_exclusive_group(required=True)
+    truth.add_argument("--truth", help="ground_truth.npz written by `shoal simulate`")
+    truth.add_argument("--truth-from-review", metavar="SESSION",
+                       help="the frame ranges checked in `shoal review SESSION` (its corrections.json), corrected, "
+                            "as ground truth: scores --pred on those frames only, as idtracker.ai's validator does "
+                            "(give the same session to score its uncorrected tracking)")
+    parser.add_argument("--pred", required=True, help="session folder (its trajectories/, never the corrected "
+                        "ones), trajectories .npy or .csv")
     parser.add_argument("--json", action="store_true", help="print the scores as JSON")
     return parser
 
@@ -220,11 +226,16 @@ def main(argv: list[str] | None = None) -> int:
     """`shoal evaluate`: score a tracking result against ground truth."""
     parser = arg_parser()
     args = parser.parse_args(argv)
+    checked: tuple[int, int] | None = None  # (frames checked, frames in all) with --truth-from-review
     try:
-        positions, touching, body_length = load_truth(args.truth)
-        scores = evaluate(positions, touching, body_length, load_predictions(args.pred))
+        if args.truth_from_review:
+            scores, checked = evaluate_on_review(args.truth_from_review, load_predictions(args.pred))
+        else:
+            positions, touching, body_length = load_truth(args.truth)
+            scores = evaluate(positions, touching, body_length, load_predictions(args.pred))
     except OSError as err:
-        print(f"shoal evaluate: cannot read {err.filename or args.truth}: {err.strerror or err}", file=sys.stderr)
+        source = args.truth or args.truth_from_review
+        print(f"shoal evaluate: cannot read {err.filename or source}: {err.strerror or err}", file=sys.stderr)
         return 2
     except (ValueError, KeyError) as err:
         print(f"shoal evaluate: {err}", file=sys.stderr)
@@ -232,10 +243,29 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         out = asdict(scores)
         out["mapping"] = {str(p): t for p, t in scores.mapping.items()}
+        if checked is not None:
+            out["checked_frames"], out["total_frames"] = checked
         print(json.dumps(out))
     else:
         print(format_scores(scores))
+        if checked is not None:
+            print(f"checked frames: {checked[0]} of {checked[1]} (the scores cover these only)")
     return 0
+
+
+def evaluate_on_review(session: str | Path, pred: np.ndarray) -> tuple[Scores, tuple[int, int]]:
+    """Score `pred` on the frames a person checked in `shoal review` (their corrected trajectories
+    are the truth); returns the scores and (frames checked, frames in all). Only the checked frames
+    are scored, so predictions elsewhere do not count against IDF1."""
+    from shoal.review.corrections import CorrectionLog, review_truth  # the review's files, only when asked
+
+    positions, touching, body_length = review_truth(session)
+    if pred.shape[0] != positions.shape[0]:
+        raise ValueError(f"predictions have {pred.shape[0]} frames, the reviewed session {positions.shape[0]}")
+    ranges = CorrectionLog.load(session).checked_ranges()
+    frames = np.concatenate([np.arange(start, end) for start, end in ranges])
+    scores = evaluate(positions[frames], touching[frames], body_length, pred[frames])
+    return scores, (len(frames), positions.shape[0])
 
 
 if __name__ == "__main__":

@@ -35,10 +35,14 @@ from shoal.sleap import write_sleap
 
 #: the background model the job subtracted, kept in the session folder (the job's copy is temporary)
 BACKGROUND_FILE = "background.npy"
+#: the review page's frame proxy (shoal.review.frames), rebuilt from the videos whenever it is missing
+REVIEW_CACHE = "review_cache"
 #: every file and folder a Shoal run writes into a session folder (identity model: shoal.knowledge.MODEL_FILE;
 #: videos: shoal.render's overlay and individual-video names); `shoal track --overwrite` removes these only
+#: (`trajectories_corrected`, REVIEW_CACHE: written by `shoal review`; the person's corrections.json is not an
+#: entry: a log made for other trajectories is refused by its digest instead)
 SESSION_ENTRIES = ("session.json", "trajectories", "identity_model.npz", "inconsistent_frames.csv", BACKGROUND_FILE,
-                   "overlay.mp4", "overlay.avi", "individual_videos")
+                   "overlay.mp4", "overlay.avi", "individual_videos", "trajectories_corrected", REVIEW_CACHE)
 
 REQUIRED_KEYS = ("trajectories", "frames_per_second", "body_length", "width", "height", "video_paths")
 
@@ -347,6 +351,8 @@ _FOLDER_CONTENT = {
                     r"|trajectories(_\d+)?\.analysis\.h5|trajectories_nwb",
     "individual_videos": r"individual_\d+(_[A-Za-z0-9_.-]+)?\.(mp4|avi)",
 }
+_FOLDER_CONTENT["trajectories_corrected"] = _FOLDER_CONTENT["trajectories"]  # the same layout, corrected
+_FOLDER_CONTENT[REVIEW_CACHE] = r"frames-[0-9a-f]+\.(jpgs|json|jpgs\.part)"
 
 
 def _temporary(name: str) -> bool:

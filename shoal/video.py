@@ -295,6 +295,64 @@ def read_frame(info: VideoInfo, index: int) -> np.ndarray:
     return next(read_frames(info, index, index + 1))[1]
 
 
+class FrameReader:
+    """Grey frames by global index from one decoder that stays open where it stopped (the review page).
+
+    Reading the frame after the last one costs one decode, and one a few frames ahead a few decodes
+    (cheaper than a seek, which restarts decoding at a key frame); anything else seeks. Not
+    thread-safe (OpenCV captures are not): callers sharing one hold a lock around it.
+    """
+
+    forward_gap = _READ_FORWARD_GAP  # a read at most this far ahead decodes forward instead of seeking
+
+    def __init__(self, info: VideoInfo):
+        self.info = info
+        self._capture: cv2.VideoCapture | None = None
+        self._file = -1
+        self._next = -1  # global index the capture returns next
+        self._frame: np.ndarray | None = None  # the last one it returned, frame _next - 1
+
+    def continues(self, index: int) -> bool:
+        """Whether reading `index` decodes forward from the current position, without a seek."""
+        return (self._capture is not None and 0 <= index - self._next <= _READ_FORWARD_GAP
+                and self.info.file_of(index) == self._file)
+
+    def ready(self, index: int) -> bool:
+        """Whether reading `index` needs no seek: the frame just read again, or one a few ahead."""
+        return (index == self._next - 1 and self._frame is not None) or self.continues(index)
+
+    def read(self, index: int) -> np.ndarray:
+        """Grey frame `index`; the same frame again costs a copy."""
+        if index == self._next - 1 and self._frame is not None:
+            return self._frame.copy()
+        file_index = self.info.file_of(index)
+        path, local = self.info.paths[file_index], index - self.info.file_starts[file_index]
+        if self.continues(index):
+            for _ in range(index - self._next):
+                self._capture.grab()
+        else:
+            if file_index != self._file:
+                self.close()
+            capture, self._capture, self._next = self._capture, None, -1
+            if capture is None:
+                capture = _open(path)
+                self._capture = _seek(capture, path, local) if local else capture
+            else:
+                self._capture = _seek(capture, path, local)
+            self._file = file_index
+        ok, frame = self._capture.read()
+        if not ok or frame is None:
+            self.close()
+            raise VideoError(f"cannot decode frame {index} (frame {local} of {path}); the file may be damaged")
+        self._next, self._frame = index + 1, _to_gray(frame)
+        return self._frame.copy()
+
+    def close(self) -> None:
+        if self._capture is not None:
+            self._capture.release()
+        self._capture, self._file, self._next, self._frame = None, -1, -1, None
+
+
 @dataclass
 class Sample:
     """Frames decoded at chosen indices, with the ones that did not decode or made the decoder complain."""

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from services.segmenter.auto_thresholds import choose_segmentation, contrast_segmentation
-from services.segmenter.segmentation import compute_background, segment_frame
 from services.segmenter.work import Probe, SegmentationError, probe, segment_chunk
 from shoal.params import TrackingParams
+from shoal.segmentation import compute_background, segment_frame
 from shoal.video import VideoError, probe_video
 from tests.segmentation_scenes import Scene
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from services.segmenter.crops import crop_geometry, identification_images
-from services.segmenter.segmentation import body_length, segment_frame
+from shoal.segmentation import body_length, segment_frame
 
 SIZE = 260
 

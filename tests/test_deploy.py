@@ -269,7 +269,7 @@ def test_settings_are_ones_the_services_read(rendered, overlay):
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_network_policies_open_only_the_gateway_api_to_everyone(rendered, overlay):
+def test_network_policies_open_only_the_gateway_api_and_review_page_to_everyone(rendered, overlay):
     docs = rendered[overlay]
     pods = {c: pod for c, pod in _workloads(docs)}
     policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
@@ -285,7 +285,7 @@ def test_network_policies_open_only_the_gateway_api_to_everyone(rendered, overla
             if "from" not in rule:
                 open_ports += [(component, n) for n in names]
             allowed.setdefault(component, set()).update(names)
-    assert open_ports == [("gateway", "grpc")]
+    assert sorted(open_ports) == [("gateway", "grpc"), ("gateway", "review")]
     for component, pod in pods.items():  # ... and nothing the data flow needs is blocked
         declared = {p["name"] for p in pod["spec"]["containers"][0]["ports"]}
         assert declared <= allowed.get(component, set()), (component, declared - allowed.get(component, set()))

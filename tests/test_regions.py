@@ -5,8 +5,8 @@ import pytest
 
 from services.assembler.overlap import overlap_links
 from services.assembler.regions import RegionError, animals_per_region, track_regions
-from services.segmenter.segmentation import segment_frame
 from shoal.roi import blob_regions, roi_mask, roi_regions
+from shoal.segmentation import segment_frame
 from tests.blob_scenes import table_from_discs, true_animals
 from tests.test_track import TruthIdentifier
 

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from services.segmenter.segmentation import (
+from shoal.segmentation import (
     background_sample_indices,
     body_length,
     compute_background,

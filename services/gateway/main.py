@@ -28,6 +28,7 @@ from shoal.v1 import jobs_pb2, jobs_pb2_grpc
 from . import metrics
 from .auth import ConfigError, TokenAuth, read_token, server_credentials
 from .jobstore import JobStore
+from .review import start_review
 from .scheduler import Scheduler
 from .server import JobService
 
@@ -62,6 +63,9 @@ class GatewayConfig:
                                                                 "this long while calls are still served"})
     grpc_threads: int = field(default=64, metadata={"help": "threads serving calls; WatchJob streams may hold at "
                                                             "most three quarters of them"})
+    http_port: int = field(default=-1, metadata={
+        "help": "port of the review page (shoal review's web app) for succeeded jobs, on the gRPC address's host; "
+                "same bearer token (0 = any free, -1 = off)"})
     repin_grace_s: float = field(default=60.0, metadata={
         "help": "how long a running job whose identifier or assembler was lost waits for a replacement to "
                 "register (it then continues from the chunks on the data volume) before restarting from the "
@@ -123,11 +127,19 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     metrics_port = _start_metrics(cfg.metrics_port)
+    review_port, stop_review = -1, None
+    if cfg.http_port >= 0:
+        try:
+            review_port, stop_review = start_review(store, data_root, host.strip("[]"), cfg.http_port, token or None)
+        except OSError as exc:
+            server.stop(grace=0)
+            scheduler.stop()
+            return _fail(f"cannot serve the review page on {host}:{cfg.http_port}: {exc.strerror or exc}")
     tls = "mutual" if cfg.tls_client_ca else "on" if credentials else "off"
     print(f"READY grpc={host}:{port} control={scheduler.endpoint} metrics={metrics_port} "
-          f"tls={tls} auth={'token' if token else 'off'}", flush=True)
-    log.info("serving gRPC on %s:%d (TLS %s, token %s), control %s, metrics :%s", host, port,
-             tls, "on" if token else "off", scheduler.endpoint, metrics_port)
+          f"tls={tls} auth={'token' if token else 'off'} review={review_port}", flush=True)
+    log.info("serving gRPC on %s:%d (TLS %s, token %s), control %s, metrics :%s, review page :%s", host, port,
+             tls, "on" if token else "off", scheduler.endpoint, metrics_port, review_port)
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -138,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     health_servicer.enter_graceful_shutdown()
     stop.wait(cfg.drain_seconds)
     server.stop(grace=STOP_GRACE_S).wait()
+    if stop_review:
+        stop_review()
     scheduler.stop()
     scheduler.join(timeout=5)
     store.close()
