@@ -12,7 +12,7 @@ import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from shoal.simulate import SimulationConfig, write_simulation
+from shoal.sim import SimulationConfig, write_simulation
 
 QUICK_FRAMES = 300
 """Frames of every case under --quick: enough for crossings and global fragments, seconds to track."""

@@ -28,7 +28,7 @@ from shoal.client import Client, follow
 from shoal.local import LocalCluster
 from shoal.params import TrackingParams
 from shoal.prometheus import LocalPrometheus
-from shoal.simulate import SimulationConfig, write_simulation
+from shoal.sim import SimulationConfig, write_simulation
 from shoal.v1 import jobs_pb2 as pb
 
 ROOT = Path(__file__).resolve().parents[1]

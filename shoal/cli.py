@@ -343,7 +343,7 @@ DEMO_MIN_FRAMES = 100
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from shoal.evaluate import evaluate, load_predictions
-    from shoal.simulate import SimulationConfig, write_simulation
+    from shoal.sim import SimulationConfig, write_simulation
 
     if args.animals < 1:
         raise UsageError(f"--animals must be at least 1, got {args.animals}")
@@ -738,7 +738,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in ("simulate", "evaluate"):
         import importlib
 
-        return importlib.import_module(f"shoal.{argv[0]}").main(argv[1:])
+        return importlib.import_module({"simulate": "shoal.sim"}.get(argv[0], f"shoal.{argv[0]}")).main(argv[1:])
     args = parser().parse_args(argv)
     try:
         return args.func(args)

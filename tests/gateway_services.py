@@ -23,7 +23,7 @@ import grpc
 import numpy as np
 
 from shoal.local import read_ready_line
-from shoal.simulate import SimulationConfig, write_simulation
+from shoal.sim import SimulationConfig, write_simulation
 from shoal.v1 import jobs_pb2 as pb
 from shoal.v1 import jobs_pb2_grpc as pb_grpc
 

@@ -14,7 +14,7 @@ import numpy as np
 from shoal.review.app import create_app, listen, server
 from shoal.review.session import ReviewSession
 from shoal.session import write_session
-from shoal.simulate import SimulationConfig, write_simulation
+from shoal.sim import SimulationConfig, write_simulation
 
 N_ANIMALS, N_FRAMES, SWAP_AT = 3, 90, 45
 SWAPPED = (0, 1)  # columns exchanged from SWAP_AT on: identities 1 and 2

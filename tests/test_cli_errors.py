@@ -256,8 +256,9 @@ def test_help_lists_every_command_on_one_line():
 
 
 def test_every_flag_shows_its_default():
-    from shoal import evaluate, simulate
+    from shoal import evaluate
     from shoal.cli import HelpFormatter, parser
+    from shoal.sim import cli as simulate
 
     own = {"simulate": simulate.arg_parser(), "evaluate": evaluate.arg_parser()}  # they parse their own flags
     for name, sub in parser()._subparsers._group_actions[0].choices.items():

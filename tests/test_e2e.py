@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from shoal.evaluate import evaluate, load_predictions
-from shoal.simulate import SimulationConfig, write_simulation
+from shoal.sim import SimulationConfig, write_simulation
 
 pytestmark = pytest.mark.slow
 

@@ -24,7 +24,7 @@ from shoal.client import Client, follow
 from shoal.evaluate import evaluate, load_predictions, load_truth
 from shoal.local import LocalCluster
 from shoal.params import TrackingParams
-from shoal.simulate import SimulationConfig, write_simulation
+from shoal.sim import SimulationConfig, write_simulation
 from shoal.v1 import jobs_pb2 as pb
 from tests.gateway_services import LAUNCHER
 

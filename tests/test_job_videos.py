@@ -18,7 +18,7 @@ from shoal.client import params_to_proto
 from shoal.params import ParamError, TrackingParams
 from shoal.render import write_session_videos
 from shoal.session import write_session
-from shoal.simulate import SimulationConfig, write_simulation
+from shoal.sim import SimulationConfig, write_simulation
 
 
 def _valid(**kw) -> dict:

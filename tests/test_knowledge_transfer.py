@@ -16,7 +16,7 @@ from services.segmenter.work import probe
 from shoal.evaluate import evaluate, load_predictions
 from shoal.knowledge import MODEL_FILE, encode_model, model_info
 from shoal.params import ParamError, TrackingParams
-from shoal.simulate import SimulationConfig, write_simulation
+from shoal.sim import SimulationConfig, write_simulation
 from shoal.video import probe_video
 
 

@@ -15,7 +15,7 @@ import pytest
 from shoal.cli import main
 from shoal.overlay import OverlayStyle, crop_centred, draw_overlay, hold_last_known, identity_colours
 from shoal.session import write_session
-from shoal.simulate import SimulationConfig, write_simulation
+from shoal.sim import SimulationConfig, write_simulation
 
 N_FRAMES, N_ANIMALS = 24, 3
 LABELS = ["Ana", "Bo", "Cy"]

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from shoal.simulate import Simulation, SimulationConfig, main, simulate, write_simulation
+from shoal.sim import Simulation, SimulationConfig, main, simulate, write_simulation
 
 
 @pytest.fixture(scope="module")
