@@ -572,6 +572,20 @@ def cmd_review(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    from shoal.curve import CurveError, generate
+
+    try:
+        folder = generate(args.folder)
+    except (CurveError, OSError) as exc:
+        raise UsageError(str(exc)) from None
+    print(f"CURVE keys in {folder}: give every service --curve-keys {folder} (SHOAL_CURVE_KEYS); keep the "
+          f"*.key_secret files secret. Kubernetes: kubectl create secret generic shoal-curve "
+          f"--from-file={folder / 'server.key_secret'} --from-file={folder / 'client.key_secret'} "
+          f"--from-file={folder / 'allowed' / 'client.key'}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="shoal", formatter_class=HelpFormatter, epilog=f"Each command has its own --help.\n\n{EXIT_CODES}",
@@ -714,6 +728,13 @@ def parser() -> argparse.ArgumentParser:
                    help="token the page requires [SHOAL_REVIEW_TOKEN] (default: a new random one, in the URL)")
     r.add_argument("--no-browser", action="store_true", help="only print the URL")
     r.set_defaults(func=cmd_review)
+
+    k = command("keys", "write a CURVE key folder for the services' ZeroMQ sockets",
+                description="Write a new key folder: the servers' key pair, a client key pair and allowed/ with the "
+                            "client's public key. Services given --curve-keys FOLDER (SHOAL_CURVE_KEYS) encrypt every "
+                            "ZeroMQ socket and admit only clients whose public key is in allowed/.")
+    k.add_argument("folder", help="folder to create (must not hold keys already)")
+    k.set_defaults(func=cmd_keys)
 
     # their own parsers (shoal simulate --help); main() hands them the rest of the command line
     command("simulate", "synthetic videos of look-alike animals with ground truth", add_help=False)

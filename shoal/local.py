@@ -2,19 +2,24 @@
 
 ``shoal track`` and ``shoal serve`` use this; each service is the same program a container runs.
 Children get SIGTERM if this process dies (Linux ``PR_SET_PDEATHSIG``), and :meth:`stop` ends
-them in order, so no process outlives the command, including after Ctrl-C.
+them in order, so no process outlives the command, including after Ctrl-C. Every run makes a fresh
+CURVE key folder in its work folder, so even on loopback no other process (another user's, say)
+can talk to its services.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from shoal import curve
 
 PR_SET_PDEATHSIG = 1
 START_TIMEOUT_S = 60
@@ -82,6 +87,7 @@ class LocalCluster:
         self.procs: dict[str, subprocess.Popen] = {}
         self.grpc_address = ""
         self.log_path = work_dir / "services.log"
+        self.curve_keys = work_dir / "curve"  # a fresh key folder per start (shoal.curve)
 
     def __enter__(self) -> LocalCluster:
         self.start()
@@ -93,6 +99,7 @@ class LocalCluster:
     def _spawn(self, name: str, module: str, args: list[str], **kwargs) -> subprocess.Popen:
         # local mode is loopback only: a token meant for a remote gateway must not lock this one
         env = {k: v for k, v in os.environ.items() if k != "SHOAL_AUTH_TOKEN"} | {"PYTHONUNBUFFERED": "1"}
+        args = [*args, "--curve-keys", str(self.curve_keys)]
         proc = subprocess.Popen([sys.executable, "-m", module, *args], stdin=subprocess.DEVNULL,
                                 stderr=self._log, env=env, preexec_fn=_die_with_parent, **kwargs)
         self.procs[name] = proc
@@ -102,6 +109,8 @@ class LocalCluster:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")
         log_start = self.log_path.stat().st_size
+        shutil.rmtree(self.curve_keys, ignore_errors=True)
+        curve.generate(self.curve_keys)
         gateway = self._spawn("gateway", "services.gateway.main", [
             "--data-root", str(self.data_root), "--work-dir", str(self.work_dir),
             "--grpc-address", self.listen, "--control", "tcp://127.0.0.1:0",

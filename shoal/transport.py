@@ -16,6 +16,7 @@ from typing import Any
 
 import zmq
 
+from shoal import curve
 from shoal.codec import Message, decode, encode
 
 HEARTBEAT_S = 1.0
@@ -40,6 +41,7 @@ def make_socket(ctx: zmq.Context, kind: int, *, hwm: int | None = None, identity
 
 def bind_random(sock: zmq.Socket, host: str = "127.0.0.1") -> str:
     """Bind to a free port on ``host``; return the endpoint others connect to."""
+    curve.as_server(sock)
     port = sock.bind_to_random_port(f"tcp://{host}")
     return f"tcp://{advertised_host(host)}:{port}"
 
@@ -49,8 +51,15 @@ def bind(sock: zmq.Socket, endpoint: str) -> str:
     host, _, port = endpoint.removeprefix("tcp://").rpartition(":")
     if port in ("0", "*"):
         return bind_random(sock, host)
+    curve.as_server(sock)
     sock.bind(endpoint)
     return f"tcp://{advertised_host(host)}:{port}"
+
+
+def connect(sock: zmq.Socket, endpoint: str) -> None:
+    """Connect to a Shoal service's socket (as a CURVE client when keys are configured)."""
+    curve.as_client(sock)
+    sock.connect(endpoint)
 
 
 def advertised_host(bind_host: str) -> str:
@@ -97,7 +106,7 @@ class ControlChannel:
         if self.sock is not None:
             self.sock.close(linger=0)
         self.sock = make_socket(self.ctx, zmq.DEALER, identity=self.worker_id)
-        self.sock.connect(self.gateway)
+        connect(self.sock, self.gateway)
         self.last_sent = 0.0
         self.last_heard = time.monotonic()
         self.send(Message("hello", {"role": self.role, "worker": self.worker_id, **self.info}))

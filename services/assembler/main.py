@@ -23,7 +23,7 @@ import numpy as np
 import zmq
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
-from shoal import __version__
+from shoal import __version__, curve
 from shoal.blobs import BlobTable, concat
 from shoal.codec import Message, pack, unpack
 from shoal.config import parse_config, setup_logging
@@ -41,7 +41,7 @@ from shoal.session import (
     warn_inconsistent_frames,
     write_session,
 )
-from shoal.transport import DATA_HWM, ControlChannel, bind, make_socket, recv, send
+from shoal.transport import DATA_HWM, ControlChannel, bind, connect, make_socket, recv, send
 from shoal.v1 import INVALID_INPUT
 
 from .overlap import overlap_links
@@ -77,6 +77,7 @@ class AssemblerConfig:
     gateway: str = field(default="tcp://127.0.0.1:5555", metadata={"help": "gateway control endpoint"})
     geometry: str = field(default="tcp://0.0.0.0:5558", metadata={"help": "endpoint for chunk geometry"})
     metrics_port: int = field(default=9103, metadata={"help": "Prometheus /metrics port (0 = any free, -1 = off)"})
+    curve_keys: str = field(default="", metadata={"help": curve.KEYS_HELP})
 
 
 class RemoteIdentifier:
@@ -99,7 +100,7 @@ class RemoteIdentifier:
             self.sock.close(linger=0)
         self.connected = self.endpoint()
         self.sock = make_socket(self.ctx, zmq.DEALER)
-        self.sock.connect(self.connected)
+        connect(self.sock, self.connected)
 
     def _call(self, msg: Message, progress: Progress | None) -> Message:
         msg.body.update(job=self.job, n_chunks=self.n_chunks)
@@ -372,6 +373,7 @@ def _area_statistics(areas: np.ndarray) -> dict[str, np.ndarray]:
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(AssemblerConfig, argv, "Shoal assembler: fragments, identities, trajectories")
     log = setup_logging("assembler")
+    curve.enable_or_exit(cfg.curve_keys, "assembler")
     if cfg.metrics_port >= 0:
         start_http_server(cfg.metrics_port)
     worker = Assembler(cfg, log)

@@ -22,6 +22,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
+from shoal import curve
 from shoal.config import parse_config, setup_logging
 from shoal.v1 import jobs_pb2, jobs_pb2_grpc
 
@@ -46,6 +47,7 @@ class GatewayConfig:
     grpc_address: str = field(default="0.0.0.0:50051", metadata={"help": "gRPC listen address (port 0 = any)"})
     control: str = field(default="tcp://0.0.0.0:5555", metadata={"help": "ZeroMQ control endpoint workers connect to"})
     metrics_port: int = field(default=9100, metadata={"help": "Prometheus /metrics port (0 = any free, -1 = off)"})
+    curve_keys: str = field(default="", metadata={"help": curve.KEYS_HELP})
     tls_cert: str = field(default="", metadata={"help": "PEM certificate (chain) for TLS on the gRPC port, with "
                                                         "--tls-key; empty = plaintext"})
     tls_key: str = field(default="", metadata={"help": "PEM private key of --tls-cert"})
@@ -75,6 +77,7 @@ class GatewayConfig:
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(GatewayConfig, argv, "Shoal gateway: gRPC job API and scheduler")
     log = setup_logging("gateway")
+    curve.enable_or_exit(cfg.curve_keys, "gateway")
     data_root = Path(cfg.data_root)
     if not data_root.is_dir():
         return _fail(f"data root {data_root} is not a directory")

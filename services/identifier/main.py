@@ -30,10 +30,11 @@ import torch
 import zmq
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
+from shoal import curve
 from shoal.codec import Message, pack, unpack
 from shoal.config import parse_config, setup_logging
 from shoal.learning import CrossingRequest, IdentityRequest
-from shoal.transport import DATA_HWM, ControlChannel, bind, make_socket, recv, send
+from shoal.transport import DATA_HWM, ControlChannel, bind, connect, make_socket, recv, send
 
 from .image_store import ImageStore
 from .learning import LocalIdentifier
@@ -72,6 +73,7 @@ class IdentifierConfig:
     device: str = field(default="", metadata={"help": "torch device (default: cuda if available, else cpu)"})
     threads: int = field(default=0, metadata={"help": "CPU threads for torch (0 = torch's default)"})
     metrics_port: int = field(default=9102, metadata={"help": "Prometheus /metrics port (0 = any free, -1 = off)"})
+    curve_keys: str = field(default="", metadata={"help": curve.KEYS_HELP})
     store_delay_ms: int = field(default=0, metadata={
         "help": "for testing backpressure only: wait this long before storing each blob batch (keep < 3000, "
                 "the main thread does not heartbeat meanwhile); 0 = off"})
@@ -275,7 +277,7 @@ class Identifier:
     def _pusher(self, endpoint: str) -> zmq.Socket:
         if endpoint not in self.pushers:
             sock = make_socket(self.ctx, zmq.PUSH, hwm=DATA_HWM)
-            sock.connect(endpoint)
+            connect(sock, endpoint)
             self.pushers[endpoint] = sock
         return self.pushers[endpoint]
 
@@ -283,6 +285,7 @@ class Identifier:
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(IdentifierConfig, argv, "Shoal identifier: image store, crossing detector, identities")
     log = setup_logging("identifier")
+    curve.enable_or_exit(cfg.curve_keys, "identifier")
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     if cfg.metrics_port >= 0:

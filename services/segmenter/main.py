@@ -20,11 +20,12 @@ from pathlib import Path
 import zmq
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
+from shoal import curve
 from shoal.codec import Message
 from shoal.config import parse_config, setup_logging
 from shoal.params import ParamError, TrackingParams
 from shoal.roi import RoiError
-from shoal.transport import DATA_HWM, ControlChannel, make_socket, send
+from shoal.transport import DATA_HWM, ControlChannel, connect, make_socket, send
 from shoal.video import VideoError, VideoInfo
 
 from .work import Probe, SegmentationError, probe, segment_chunk
@@ -52,6 +53,7 @@ class SegmenterConfig:
     gateway: str = field(default="tcp://127.0.0.1:5555", metadata={"help": "gateway control endpoint"})
     credit: int = field(default=1, metadata={"help": "tasks this worker may hold at once"})
     metrics_port: int = field(default=9101, metadata={"help": "Prometheus /metrics port (0 = any free, -1 = off)"})
+    curve_keys: str = field(default="", metadata={"help": curve.KEYS_HELP})
 
 
 class Segmenter:
@@ -155,7 +157,7 @@ class Segmenter:
                 "stop": stop, "n_chunks": task["n_chunks"]}
         if task["identifier"] not in pushers:
             pushers[task["identifier"]] = make_socket(self.ctx, zmq.PUSH, hwm=DATA_HWM)
-            pushers[task["identifier"]].connect(task["identifier"])
+            connect(pushers[task["identifier"]], task["identifier"])
         sock = pushers[task["identifier"]]
         while not sock.poll(200, zmq.POLLOUT):  # backpressure: a busy identifier slows this worker down
             self._check(task)
@@ -179,6 +181,7 @@ def _ref(task: dict) -> dict:
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(SegmenterConfig, argv, "Shoal segmenter: background, blobs, identification images")
     log = setup_logging("segmenter")
+    curve.enable_or_exit(cfg.curve_keys, "segmenter")
     if cfg.metrics_port >= 0:
         start_http_server(cfg.metrics_port)
     worker = Segmenter(cfg, log)
