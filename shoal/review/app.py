@@ -29,7 +29,7 @@ from html import escape
 from importlib import resources
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import uvicorn
 from starlette.applications import Starlette
@@ -42,6 +42,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from shoal.review.session import ReviewError, ReviewSession
+from shoal.video import VideoError
 
 COOKIE = "shoal_review_token"
 STATIC = resources.files("shoal.review") / "static"
@@ -88,8 +89,8 @@ class _Guard:
                                    "review prints it), or send Authorization: Bearer")
         if request.method not in ("GET", "HEAD"):
             origin = request.headers.get("origin")
-            own = f"{request.url.scheme}://{request.headers.get('host', '')}"
-            if origin is not None and origin != own:
+            # the host only: behind a TLS proxy the page's scheme (https) is not the one this server sees
+            if origin is not None and urlsplit(origin).netloc != request.headers.get("host", ""):
                 return _error(403, f"writes from another origin ({origin}) are refused")
             if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
                 return _error(415, "corrections are sent as application/json")
@@ -148,6 +149,9 @@ def create_app(sessions: SessionLookup, *, token: str | None = None, hosts: Iter
     async def bad_request(request: Request, exc: Exception) -> Response:
         return _error(400, str(exc))
 
+    async def undecodable(request: Request, exc: Exception) -> Response:
+        return _error(500, str(exc))
+
     routes = [
         Route("/", front),
         Route("/s/{key}/", page),
@@ -159,7 +163,8 @@ def create_app(sessions: SessionLookup, *, token: str | None = None, hosts: Iter
         Mount("/static", StaticFiles(directory=str(STATIC)), name="static"),
     ]
     return Starlette(routes=routes, middleware=[Middleware(_Guard, token=token, hosts=hosts)],
-                     exception_handlers={LookupError: not_found, ReviewError: bad_request})
+                     exception_handlers={LookupError: not_found, ReviewError: bad_request,
+                                         VideoError: undecodable})
 
 
 def listen(host: str, port: int) -> socket.socket:
