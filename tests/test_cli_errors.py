@@ -257,7 +257,8 @@ def test_help_lists_every_command_on_one_line():
 
 def test_every_flag_shows_its_default():
     from shoal import evaluate
-    from shoal.cli import HelpFormatter, parser
+    from shoal.cli import parser
+    from shoal.cli.common import HelpFormatter
     from shoal.sim import cli as simulate
 
     own = {"simulate": simulate.arg_parser(), "evaluate": evaluate.arg_parser()}  # they parse their own flags
@@ -272,7 +273,7 @@ def test_every_flag_shows_its_default():
 
 
 def test_exit_codes_agree_in_help_readme_and_api_docs():
-    from shoal.cli import EXIT_CODES, EXIT_FAILED, EXIT_USAGE
+    from shoal.cli.common import EXIT_CODES, EXIT_FAILED, EXIT_USAGE
     from shoal.v1 import INVALID_INPUT
 
     root = Path(__file__).resolve().parents[1]

@@ -186,7 +186,8 @@ def test_only_shoal_files_are_cleared(tmp_path: Path):
 # -- shoal serve --------------------------------------------------------------------------------------
 
 def test_serve_listens_where_the_clients_look_by_default():
-    from shoal.cli import DEFAULT_GATEWAY, parser
+    from shoal.cli import parser
+    from shoal.cli.common import DEFAULT_GATEWAY
 
     args = parser().parse_args(["serve"])
     assert (args.address, args.port) == ("127.0.0.1", 50051)

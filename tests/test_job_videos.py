@@ -13,7 +13,8 @@ import pytest
 from services.assembler import videos as job_videos
 from services.gateway.scheduler import STAGE_WEIGHTS, stage_weights
 from services.gateway.server import params_from_proto
-from shoal.cli import build_params, main, parser
+from shoal.cli import main, parser
+from shoal.cli.flags import build_params
 from shoal.client import params_to_proto
 from shoal.params import ParamError, TrackingParams
 from shoal.render import write_session_videos

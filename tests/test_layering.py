@@ -86,4 +86,4 @@ def test_the_import_graph_sees_known_edges():
     graph = _graph()
     assert "shoal.session" in graph["services.assembler.main"]  # from shoal.session import (...)
     assert "services.segmenter.work" in graph["services.segmenter.main"]  # from .work import ...
-    assert "shoal.export" in graph["shoal.cli"]  # imported inside cmd_export
+    assert "shoal.export" in graph["shoal.cli.outputs"]  # imported inside cmd_export
