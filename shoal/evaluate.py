@@ -257,7 +257,8 @@ def evaluate_on_review(session: str | Path, pred: np.ndarray) -> tuple[Scores, t
     """Score `pred` on the frames a person checked in `shoal review` (their corrected trajectories
     are the truth); returns the scores and (frames checked, frames in all). Only the checked frames
     are scored, so predictions elsewhere do not count against IDF1."""
-    from shoal.review.corrections import CorrectionLog, review_truth  # the review's files, only when asked
+    from shoal.review.corrections import CorrectionLog  # the review's files, only when asked
+    from shoal.review.outputs import review_truth
 
     positions, touching, body_length = review_truth(session)
     if pred.shape[0] != positions.shape[0]:

@@ -1,4 +1,5 @@
-"""The review's correction log (shoal/review/corrections.py) and `shoal evaluate --truth-from-review`."""
+"""The review's correction log (shoal/review/corrections.py), what it writes (outputs.py) and
+`shoal evaluate --truth-from-review`."""
 
 import hashlib
 import json
@@ -8,16 +9,15 @@ import numpy as np
 import pytest
 
 from shoal import evaluate
-from shoal.review import corrections
+from shoal.review import outputs
 from shoal.review.corrections import (
     CORRECTED_FOLDER,
     CORRECTIONS_FILE,
     CorrectionError,
     CorrectionLog,
     apply_corrections,
-    review_truth,
-    write_corrected,
 )
+from shoal.review.outputs import review_truth, write_corrected
 from shoal.session import clear_session, load_session, write_session
 
 F, N, W, H = 60, 3, 400, 300
@@ -284,12 +284,12 @@ def test_nwb_is_left_out_where_pynwb_is_missing(tmp_path, monkeypatch, caplog):
     info = json.loads((folder / "session.json").read_text())
     info["parameters"]["trajectories_formats"] = ["npy", "csv", "nwb"]
     (folder / "session.json").write_text(json.dumps(info))
-    monkeypatch.setattr(corrections, "nwb_available", lambda: False)
+    monkeypatch.setattr(outputs, "nwb_available", lambda: False)
     CorrectionLog.load(folder).add({"op": "delete", "identity": 1, "start": 0, "end": 1})
     out = write_corrected(folder)
     assert sorted(p.name for p in out.iterdir()) == ["trajectories.npy", "trajectories_csv"]
     assert "nwb" in caplog.text
-    assert corrections.corrected_formats(info) == (("npy", "csv"), ("nwb",))
+    assert outputs.corrected_formats(info) == (("npy", "csv"), ("nwb",))
 
 
 def test_overwrite_clears_corrected_trajectories_but_keeps_the_persons_log(session):
@@ -318,7 +318,7 @@ def test_review_truth_holds_corrected_positions_on_checked_frames_only(session):
 
 def test_touching_is_within_one_body_length_of_another():
     positions = np.array([[[0, 0], [19, 0], [100, 0]], [[0, 0], [np.nan, np.nan], [21, 0]]], float)
-    np.testing.assert_array_equal(corrections.touching_flags(positions, 20.0),
+    np.testing.assert_array_equal(outputs.touching_flags(positions, 20.0),
                                   [[True, True, False], [False, False, False]])
 
 

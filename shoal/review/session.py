@@ -16,15 +16,10 @@ from typing import Any
 import numpy as np
 
 from shoal.overlay import identity_colours
-from shoal.review.corrections import (
-    CorrectionError,
-    CorrectionLog,
-    apply_corrections,
-    session_body_length,
-    write_corrected,
-)
+from shoal.review.corrections import CorrectionError, CorrectionLog, apply_corrections
 from shoal.review.doubts import corrected_ranges, doubtful_moments, timeline
 from shoal.review.frames import FrameSource
+from shoal.review.outputs import session_body_length, write_corrected
 from shoal.roi import RoiError, roi_mask
 from shoal.segmentation import segment_frame
 from shoal.session import BACKGROUND_FILE, REVIEW_CACHE, load_session
