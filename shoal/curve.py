@@ -24,6 +24,7 @@ import logging
 import shutil
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,6 +137,8 @@ class _Refusals(threading.Thread):
         sock.monitor(address, self.EVENTS)
         with self._lock:
             self.pending.append(address)
+            if not self.is_alive():  # a process that binds nothing (a segmenter) needs no watcher
+                self.start()
 
     def run(self) -> None:
         poller, monitors = zmq.Poller(), []
@@ -149,6 +152,9 @@ class _Refusals(threading.Thread):
                     monitor.connect(address)
                     poller.register(monitor, zmq.POLLIN)
                     monitors.append(monitor)
+                if not monitors:  # an empty poller returns at once: it would spin
+                    time.sleep(0.2)
+                    continue
                 for monitor, _ in poller.poll(200):
                     event = recv_monitor_message(monitor)
                     if event["event"] == zmq.EVENT_MONITOR_STOPPED:
@@ -186,7 +192,6 @@ def enable(folder: str | Path | None, ctx: zmq.Context | None = None) -> CurveKe
         if _keys is None:
             _ZapHandler(ctx, keys.allowed).start()
             _refusals = _Refusals(ctx)
-            _refusals.start()
         _keys = keys
     return keys
 
