@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from services.assembler import videos as job_videos
-from services.gateway.scheduler import STAGE_WEIGHTS, stage_weights
+from services.gateway.progress import STAGE_WEIGHTS, stage_weights
 from services.gateway.server import params_from_proto
 from shoal.cli import main, parser
 from shoal.cli.flags import build_params

@@ -59,22 +59,23 @@ def forget_job(job_id: str) -> None:
 
 
 class SchedulerCollector(Collector):
-    """Queue depth, jobs by state and per-job overall progress and ETA, read from the scheduler and
-    the job store at each scrape (KEDA scales the segmenters on ``shoal_segment_tasks_waiting``)."""
+    """Queue depth, jobs by state and per-job overall progress and ETA, read from the scheduler's
+    :meth:`~.scheduler.Scheduler.snapshot` and the job store at each scrape (KEDA scales the
+    segmenters on ``shoal_segment_tasks_waiting``)."""
 
     def __init__(self, scheduler: Scheduler, store: JobStore):
         self.scheduler, self.store = scheduler, store
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        snap = self.scheduler.snapshot()
         yield GaugeMetricFamily("shoal_segment_tasks_waiting", "Segment and probe tasks waiting for a segmenter",
-                                value=len(self.scheduler.pending))
+                                value=snap.pending)
         queued = self.store.list(state="QUEUED", limit=1_000_000)
         running = self.store.list(state="RUNNING", limit=1_000_000)
         jobs = GaugeMetricFamily("shoal_jobs", "Jobs not yet ended, by state", labels=["state"])
         jobs.add_metric(["queued"], len(queued))
         jobs.add_metric(["running"], len(running))
         yield jobs
-        runs = dict(self.scheduler.runs)  # one C-level copy: the scheduler thread may change it meanwhile
         progress = GaugeMetricFamily("shoal_job_progress_overall_ratio", "Fraction done of each running job",
                                      labels=["job_id"])
         eta = GaugeMetricFamily("shoal_job_eta_seconds", "Estimated time left of each running job",
@@ -82,8 +83,8 @@ class SchedulerCollector(Collector):
         now = time.monotonic()
         for rec in running:
             progress.add_metric([rec.job_id], rec.fraction)
-            run = runs.get(rec.job_id)
-            left = eta_seconds(now - run.started, rec.fraction) if run is not None else None
+            started = snap.started.get(rec.job_id)
+            left = eta_seconds(now - started, rec.fraction) if started is not None else None
             if left is not None:
                 eta.add_metric([rec.job_id], left)
         yield progress
