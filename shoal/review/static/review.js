@@ -154,6 +154,7 @@ function render() {
     item.addEventListener("click", () => { doubtIndex = i; goToDoubt(); });
     return item;
   }));
+  doubtIndex = -1;  // the list changed: "next doubtful" starts again from the most doubtful moment left
   $("doubt-count").textContent = `(${state.doubtful.length})`;
   $("history").replaceChildren(...state.corrections.map((entry) => {
     const item = document.createElement("li");
@@ -242,7 +243,7 @@ line.addEventListener("click", (event) => {
 
 function range() {
   const start = $("from").value === "" ? frame : Number($("from").value);
-  const end = $("to").value === "" ? null : Number($("to").value);
+  const end = $("to").value === "" ? null : Number($("to").value) + 1;  // the field is inclusive, as the history shows
   return { start, end };
 }
 
@@ -297,7 +298,8 @@ function goToDoubt() {
   [...$("doubtful").children].forEach((item, i) => item.classList.toggle("current", i === doubtIndex));
   $("doubtful").children[doubtIndex].scrollIntoView({ block: "nearest" });
   if (moment.identities.length) select(moment.identities[0]);
-  show(moment.start);
+  // a jump starts at the last good frame: show where it lands, the first frame a swap must cover
+  show(moment.kind === "jump" ? moment.end - 1 : moment.start);
 }
 
 async function play() {
