@@ -389,14 +389,15 @@ def _rss_mib(pid: int) -> float:
 
 
 def test_a_slow_identifier_holds_segmenters_back_without_growing_their_memory(video, tmp_path, monkeypatch):
-    """The identifier waits 500 ms before storing each blob batch (``SHOAL_STORE_DELAY_MS``), about
-    twice as long as the one segmenter takes to make one, and batches are large (256-px crops: about
+    """The identifier waits 800 ms before storing each blob batch (``SHOAL_STORE_DELAY_MS``), about
+    three times as long as the one segmenter takes to make one (500 ms was not enough on a loaded
+    2-core machine: the segmenter got only 3 chunks ahead), and batches are large (256-px crops: about
     3.9 MiB per chunk of 20 frames, 115 MiB for the 30 chunks). Asserted: the identifier really was
     the bottleneck (at some point at least 5 chunks were reported done but not yet stored); the
     segmenter's resident memory never grew more than 60 MiB above its level once it had made its first
     chunk (its queue holds at most 4 batches; keeping the batches it produced would take up to
     115 MiB); the job succeeds with all 600 frames."""
-    monkeypatch.setenv("SHOAL_STORE_DELAY_MS", "500")
+    monkeypatch.setenv("SHOAL_STORE_DELAY_MS", "800")
     params = _params(video, frames_per_episode=20, id_image_size=256)
     with LocalCluster(_root(video, tmp_path), tmp_path / "work", segmenters=1) as cluster:
         client = Client(cluster.grpc_address)

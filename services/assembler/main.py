@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import queue
 import shutil
-import signal
 import sys
 import threading
 import time
@@ -21,12 +20,13 @@ from pathlib import Path
 
 import numpy as np
 import zmq
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram
 
+from services.worker import run_worker
 from shoal import __version__, curve
 from shoal.blobs import BlobTable, concat
 from shoal.codec import Message, pack, unpack
-from shoal.config import parse_config, setup_logging
+from shoal.config import parse_config
 from shoal.knowledge import MODEL_FILE, read_model
 from shoal.learning import CrossingReply, CrossingRequest, IdentityReply, IdentityRequest, Progress
 from shoal.params import ParamError, TrackingParams
@@ -372,18 +372,7 @@ def _area_statistics(areas: np.ndarray) -> dict[str, np.ndarray]:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(AssemblerConfig, argv, "Shoal assembler: fragments, identities, trajectories")
-    log = setup_logging("assembler")
-    curve.enable_or_exit(cfg.curve_keys, "assembler")
-    if cfg.metrics_port >= 0:
-        start_http_server(cfg.metrics_port)
-    worker = Assembler(cfg, log)
-
-    def stop(*_):
-        worker.stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    worker.run()
+    run_worker("assembler", cfg, Assembler)
     return 0
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import queue
-import signal
 import sys
 import threading
 import time
@@ -28,11 +27,12 @@ from pathlib import Path
 
 import torch
 import zmq
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram
 
+from services.worker import run_worker
 from shoal import curve
 from shoal.codec import Message, pack, unpack
-from shoal.config import parse_config, setup_logging
+from shoal.config import parse_config
 from shoal.learning import CrossingRequest, IdentityRequest
 from shoal.transport import DATA_HWM, ControlChannel, bind, connect, make_socket, recv, send
 
@@ -284,20 +284,9 @@ class Identifier:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(IdentifierConfig, argv, "Shoal identifier: image store, crossing detector, identities")
-    log = setup_logging("identifier")
-    curve.enable_or_exit(cfg.curve_keys, "identifier")
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    if cfg.metrics_port >= 0:
-        start_http_server(cfg.metrics_port)
-    worker = Identifier(cfg, log)
-
-    def stop(*_):
-        worker.stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    worker.run()
+    run_worker("identifier", cfg, Identifier)
     return 0
 
 

@@ -10,7 +10,6 @@ keeps heartbeating, hands back a task that arrives meanwhile, says ``goodbye`` a
 from __future__ import annotations
 
 import queue
-import signal
 import sys
 import threading
 import time
@@ -18,11 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import zmq
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram
 
+from services.worker import run_worker
 from shoal import curve
 from shoal.codec import Message
-from shoal.config import parse_config, setup_logging
+from shoal.config import parse_config
 from shoal.params import ParamError, TrackingParams
 from shoal.roi import RoiError
 from shoal.transport import DATA_HWM, ControlChannel, connect, make_socket, send
@@ -74,6 +74,7 @@ class Segmenter:
                         for i in range(cfg.credit)]
         for t in self.threads:
             t.start()
+        log.info("segmenter %s connected to %s", self.control.worker_id, cfg.gateway)
 
     def _ask(self) -> None:
         if self.cfg.credit - self.busy > 0 and not self.stopping:
@@ -180,19 +181,7 @@ def _ref(task: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(SegmenterConfig, argv, "Shoal segmenter: background, blobs, identification images")
-    log = setup_logging("segmenter")
-    curve.enable_or_exit(cfg.curve_keys, "segmenter")
-    if cfg.metrics_port >= 0:
-        start_http_server(cfg.metrics_port)
-    worker = Segmenter(cfg, log)
-
-    def stop(*_):
-        worker.stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    log.info("segmenter %s connected to %s", worker.control.worker_id, cfg.gateway)
-    worker.run()
+    worker = run_worker("segmenter", cfg, Segmenter)
     worker.ctx.term()  # waits (up to STOP_LINGER_MS) for the last batches to leave
     return 0
 
