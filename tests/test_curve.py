@@ -33,20 +33,21 @@ def test_a_key_folder_is_written_once_and_read_back(tmp_path):
         curve.CurveKeys.load(tmp_path / "nowhere")
 
 
-def _rogue_hellos(endpoints: dict[str, str], stranger: curve.CurveKeys, server_public: bytes) -> None:
-    """From each port: a plain ZeroMQ client and a CURVE client whose key is not allowed send a
-    well-formed message (a worker's hello, a blob batch); neither may reach the service."""
+def _rogue_hellos(endpoints: dict[str, str], stranger: curve.CurveKeys | None, server_public: bytes = b"") -> None:
+    """From each port: a plain ZeroMQ client and a CURVE client whose key is not allowed (none when
+    ``stranger`` is None) send a well-formed message (a worker's hello, a blob batch); neither may
+    reach the service."""
     ctx = zmq.Context()
     try:
         for name, endpoint in endpoints.items():
             kind = zmq.DEALER if name in ("control", "requests") else zmq.PUSH
             message = Message("hello", {"role": "segmenter", "worker": f"rogue-{name}"}) if name == "control" \
                 else Message("blob_batch", {"job": "rogue", "chunk": 0})
-            for with_key in (False, True):
+            for key in (None, stranger) if stranger else (None,):
                 sock = ctx.socket(kind)
                 sock.setsockopt(zmq.LINGER, 0)
-                if with_key:
-                    sock.curve_secretkey, sock.curve_publickey = stranger.client_secret, stranger.client_public
+                if key is not None:
+                    sock.curve_secretkey, sock.curve_publickey = key.client_secret, key.client_public
                     sock.curve_serverkey = server_public
                 sock.connect(endpoint)
                 try:
@@ -76,21 +77,8 @@ def _refusals_counted(metrics: int, control: str) -> dict[str, float]:
             if refused.get('{reason="no CURVE"}', 0) >= 1:
                 return refused
             time.sleep(0.2)
-        _plain_hello(control)
+        _rogue_hellos({"control": control}, None)
     return refused
-
-
-def _plain_hello(endpoint: str) -> None:
-    ctx = zmq.Context()
-    try:
-        sock = ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(endpoint)
-        send(sock, Message("hello", {"role": "segmenter", "worker": "rogue-plain"}))
-        assert sock.poll(1500, zmq.POLLIN) == 0, "the gateway answered a plain client"
-        sock.close()
-    finally:
-        ctx.term()
 
 
 def _metric(port: int, name: str) -> dict[str, float]:
