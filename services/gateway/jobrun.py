@@ -28,6 +28,11 @@ class Task:
     def key(self) -> tuple[str, int]:
         return (self.job_id, self.index)
 
+    @property
+    def frames(self) -> int:
+        """How many frames a chunk task segments."""
+        return self.body["stop"] - self.body["start"]
+
 
 @dataclass
 class JobRun:

@@ -348,7 +348,7 @@ class Lifecycle:
         """Chunks done and their frames (counted from the tasks: a chunk segmented twice counts once)."""
         tasks = run.chunk_tasks()
         done = [t for t in tasks if t.done]
-        frames = sum(t.body["stop"] - t.body["start"] for t in done)
+        frames = sum(t.frames for t in done)
         self.progress(run.record.job_id, "segment", len(done), len(tasks), {"frames": frames})
 
     def task_failed(self, worker: Worker, body: dict) -> None:
@@ -410,7 +410,7 @@ class Lifecycle:
         rec = self.store.get(job_id)
         figures = {**rec.figures, **numeric(body.get("figures") or {})}
         if run.chunk_tasks():  # the assembler had every chunk, even if the last `task_done` is still on its way
-            figures["frames"] = float(sum(t.body["stop"] - t.body["start"] for t in run.chunk_tasks()))
+            figures["frames"] = float(sum(t.frames for t in run.chunk_tasks()))
         self.store.update(job_id, figures=figures, warnings=add_warnings(rec.warnings, *body.get("warnings", [])),
                           fraction=1.0, stage="done")
         metrics.JOB_SECONDS.observe(time.monotonic() - run.started)
