@@ -44,7 +44,9 @@ class TrackingParams:
     """Parameters of one tracking job (idtracker.ai v6 names where they exist).
 
     ``intensity_ths``: without background subtraction a pixel is foreground when
-    ``lo <= value <= hi``; with it (``use_bkg``) when ``|background - value| > lo``.
+    ``lo <= value <= hi``, or, for a range that wraps (``lo > hi``, Shoal's own), when
+    ``value >= lo or value <= hi`` (a white and a black mouse on grey bedding); with background
+    subtraction (``use_bkg``) when ``|background - value| > lo``.
     ``area_ths``: blob area range in pixels (``inf`` allowed as upper bound).
     Either left as None is chosen from the video (raw or background thresholds, whichever shows
     the number of animals best; see ``services/segmenter/auto_thresholds.py``).
@@ -104,8 +106,8 @@ class TrackingParams:
             raise ParamError("number_of_animals", "required (>= 1) unless tracking without identities")
         if self.intensity_ths is not None:
             lo, hi = self.intensity_ths
-            if not (0 <= lo <= 255 and 0 <= hi <= 255) or (lo > hi and not self.use_bkg):
-                raise ParamError("intensity_ths", f"need 0 <= lo <= hi <= 255, got [{lo}, {hi}]")
+            if not (0 <= lo <= 255 and 0 <= hi <= 255):
+                raise ParamError("intensity_ths", f"need 0 <= lo, hi <= 255, got [{lo}, {hi}]")
         if self.area_ths is not None:
             amin, amax = self.area_ths
             if amin < 0 or amax < amin:

@@ -78,7 +78,8 @@ def foreground_mask(
 ) -> np.ndarray:
     """uint8 0/255 mask of the pixels that may belong to animals (§2.3).
 
-    Without background: ``lo <= pixel <= hi`` (inclusive, as cv2.inRange). With background:
+    Without background: ``lo <= pixel <= hi`` (inclusive, as cv2.inRange), or both extremes
+    ``pixel >= lo or pixel <= hi`` when lo > hi (light and dark animals together). With background:
     ``|background - pixel| > lo``; the upper value is ignored, as in idtracker.ai >= 5.2.5.
     ``sign`` (Shoal's own) keeps one side only: -1 pixels darker than the background by more than
     ``lo``, +1 lighter, so that a light animal's dark shadow or dark debris is not foreground.
@@ -86,10 +87,12 @@ def foreground_mask(
     lo, hi = intensity_ths
     if background is None:
         lo_i, hi_i = max(math.ceil(lo), 0), min(math.floor(hi), 255)
-        if lo_i > hi_i:
-            mask = np.zeros(gray.shape, np.uint8)
-        else:
-            mask = cv2.inRange(gray, lo_i, hi_i)
+        if lo <= hi:
+            mask = cv2.inRange(gray, lo_i, hi_i) if lo_i <= hi_i else np.zeros(gray.shape, np.uint8)
+        else:  # a range that wraps: both extremes, [lo, 255] and [0, hi]
+            _, light = cv2.threshold(gray, lo_i - 1, 255, cv2.THRESH_BINARY)
+            _, dark = cv2.threshold(gray, hi_i, 255, cv2.THRESH_BINARY_INV)
+            mask = cv2.bitwise_or(light, dark)
     else:
         difference = {0: cv2.absdiff, -1: cv2.subtract, 1: lambda b, g: cv2.subtract(g, b)}[sign](background, gray)
         _, mask = cv2.threshold(difference, lo, 255, cv2.THRESH_BINARY)

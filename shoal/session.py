@@ -435,7 +435,8 @@ def effective_parameters(params: dict, probe: dict, number_of_animals: int, back
     from the video), not only what was asked (`params`, a TrackingParams dict; `probe`, the probe's dict).
 
     With background subtraction a pixel is foreground when it differs from the background model by
-    more than `background_difference_threshold`; without it when its intensity is within `intensity_ths`.
+    more than `background_difference_threshold`; without it when its intensity is within `intensity_ths`
+    (a range with lo > hi wraps: both ends, >= lo or <= hi).
     """
     subtracted = probe.get("background") is not None
     intensity = [float(v) for v in probe["intensity_ths"]]

@@ -16,7 +16,7 @@ import pytest
 from services.segmenter.auto_thresholds import choose_segmentation, contrast_segmentation
 from services.segmenter.work import Probe, SegmentationError, probe, segment_chunk
 from shoal.params import TrackingParams
-from shoal.segmentation import compute_background, segment_frame
+from shoal.segmentation import background_sample_indices, compute_background, segment_frame
 from shoal.video import VideoError, probe_video
 from tests.segmentation_scenes import Scene
 
@@ -240,3 +240,23 @@ def test_garbage_frames_are_blamed_on_the_file_and_ffmpeg_talks_only_to_service_
                          proc.stdout)
     else:  # a terminal tool shows none of them
         assert not chatter, proc.stderr
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_white_and_a_black_mouse_that_rest_are_both_found_by_both_ends(seed):
+    """One mouse lighter and one darker than the floor, both sitting still 80 % of the time: the
+    background model holds them, one raw end shows only one of them; both ends show both."""
+    from shoal.sim import SimulationConfig, simulate
+
+    frames, truth = simulate(SimulationConfig(n_animals=2, n_frames=150, width=400, height=400, preset="mice",
+                                              seed=seed, mixed_coats=True, resting=0.8))
+    rows = background_sample_indices(len(frames))
+    background = compute_background(frames[rows])
+    chosen = choose_segmentation(frames[rows], 2, background)
+    lo, hi = chosen.intensity_ths
+    assert not chosen.background and lo > hi, chosen.describe()
+    for i in rows:
+        table = segment_frame(frames[i], int(i), chosen.intensity_ths, chosen.area_ths, None, None)
+        assert len(table) == 2
+        distance = np.linalg.norm(table.centroid[:, None] - truth.positions[i][None], axis=2)
+        assert (distance.min(axis=0) < 10).all()  # the two blobs are the two mice

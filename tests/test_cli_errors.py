@@ -57,8 +57,8 @@ def test_misspelled_roi_shape(tmp_path: Path, small_video: Path):
                                cwd=tmp_path), "Polygn")
 
 
-def test_intensity_low_above_high(tmp_path: Path, small_video: Path):
-    _assert_usage_error(_track(str(small_video), "--animals", "2", "--intensity", "200", "100", cwd=tmp_path),
+def test_intensity_out_of_range(tmp_path: Path, small_video: Path):
+    _assert_usage_error(_track(str(small_video), "--animals", "2", "--intensity", "200", "300", cwd=tmp_path),
                         "intensity_ths")
 
 
@@ -81,7 +81,7 @@ def test_interval_beyond_the_video(tmp_path: Path, small_video: Path):
 
 @pytest.mark.parametrize(("argv", "words"), [
     (["track", "/nonexistent/v.avi", "--animals", "2"], "does not exist"),
-    (["track", "/nonexistent/v.avi", "--animals", "2", "--intensity", "9", "1"], "intensity_ths"),
+    (["track", "/nonexistent/v.avi", "--animals", "2", "--intensity", "9", "-1"], "intensity_ths"),
     (["demo", "--animals", "0"], "--animals must be at least 1"),  # was a traceback
     (["demo", "--frames", "5"], "--frames must be at least 100"),  # was "identity accuracy 0.0000"
     (["evaluate", "--truth", "/nonexistent/truth.npz", "--pred", "/nonexistent"],

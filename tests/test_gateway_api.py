@@ -142,7 +142,7 @@ def test_unreadable_video_is_failed_precondition(stub, data_root, video, words):
 
 @pytest.mark.parametrize(("params", "field"), [
     ({"number_of_animals": 0}, "number_of_animals"),
-    ({"intensity_ths": [200, 100]}, "intensity_ths"),
+    ({"intensity_ths": [200, 300]}, "intensity_ths"),
     ({"extra": {"no_such_key": "1"}}, "no_such_key"),
     ({"extra": {"frames_per_episode": "3"}}, "frames_per_episode"),
     ({"method": "magic"}, "method"),

@@ -78,7 +78,7 @@ def test_unreadable_or_invalid_toml_is_a_param_error(tmp_path: Path):
     ({"video_paths": []}, "video_paths"),
     ({"number_of_animals": -1}, "number_of_animals"),
     ({"number_of_animals": 0}, "number_of_animals"),
-    ({"intensity_ths": [200, 100]}, "intensity_ths"),
+    ({"intensity_ths": [-5, 100]}, "intensity_ths"),
     ({"intensity_ths": [0, 300]}, "intensity_ths"),
     ({"area_ths": [100, 50]}, "area_ths"),
     ({"area_ths": [-1, 50]}, "area_ths"),
@@ -125,6 +125,16 @@ def test_zero_animals_is_fine_without_identities():
 def test_background_threshold_may_exceed_upper_bound_with_bkg():
     """With background subtraction only ``lo`` (the difference threshold) is used."""
     TrackingParams.from_dict(_valid(use_bkg=True, intensity_ths=[200, 100])).validate()
+
+
+def test_a_raw_range_that_wraps_is_both_ends_and_survives_every_conversion():
+    """[200, 100] without background: pixels >= 200 or <= 100 (a white and a black mouse)."""
+    from services.gateway.server import params_from_proto
+    from shoal.client import params_to_proto
+
+    params = TrackingParams.from_dict(_valid(intensity_ths=[200, 100])).validate()
+    assert params.intensity_ths == (200.0, 100.0)
+    assert TrackingParams.from_dict(params_from_proto(params_to_proto(params))).intensity_ths == (200.0, 100.0)
 
 
 def test_dict_round_trip_keeps_every_field_including_inf():

@@ -39,6 +39,17 @@ def test_thresholds_are_an_inclusive_range():
     assert foreground_mask(gray, (0, 255)).all()
 
 
+def test_a_range_that_wraps_keeps_both_ends_so_a_white_and_a_black_animal_are_both_blobs():
+    gray = np.array([[9, 10, 11, 99, 100, 101]], np.uint8)
+    assert foreground_mask(gray, (100, 10)).tolist() == [[255, 255, 0, 0, 255, 255]]
+    assert foreground_mask(gray, (99.5, 10.5)).tolist() == [[255, 255, 0, 0, 255, 255]]
+    floor = frame_with([((80, 120), (30, 10), 0)], background=128, animal=30)
+    floor[ellipse_pixels(floor.shape, (240, 120), (30, 10), 0)] = 230
+    table = segment_frame(floor, 0, (200, 60), (100, math.inf))
+    assert len(table) == 2 and np.allclose(table.centroid[:, 0], [80, 240], atol=0.5)
+    assert len(segment_frame(floor, 0, (0, 60), (100, math.inf))) == 1  # one end shows one animal
+
+
 def test_background_subtraction_finds_a_dark_animal_on_a_varying_background():
     shape = (200, 300)
     ramp = np.tile(np.linspace(60, 250, shape[1]), (shape[0], 1)).astype(np.uint8)

@@ -346,6 +346,17 @@ def test_light_animals_on_a_dark_floor():
             assert frame[int(round(y)), int(round(x))] > np.median(frame) + 40
 
 
+def test_mixed_coats_put_light_and_dark_animals_on_one_grey_floor():
+    frames, truth = simulate(SimulationConfig(n_animals=4, n_frames=5, preset="mice", seed=2, mixed_coats=True))
+    floor = np.median(frames)
+    assert 110 < floor < 145
+    for frame, pos in zip(frames, truth.positions, strict=True):
+        at = np.array([frame[int(round(y)), int(round(x))] for x, y in pos], float)
+        assert (at[0::2] < floor - 40).all() and (at[1::2] > floor + 40).all()
+    with pytest.raises(ValueError, match="light_animals"):
+        SimulationConfig(n_animals=2, mixed_coats=True, light_animals=True)
+
+
 def _read_video(path) -> np.ndarray:
     from shoal.video import probe_video, read_frames
 

@@ -4,13 +4,16 @@ idtracker.ai asks the user to set the thresholds in its segmentation window: the
 animals, with or without the background, move the sliders until the frames show the N animals as N
 blobs, and narrow the area range until debris is gone. Shoal does the same as a search over the
 probe's sampled frames. Each candidate is a way of thresholding (raw intensity with dark animals
-``[0, t]`` or light animals ``[t, 255]``; distance to the background model, on either side or only
+``[0, t]``, light animals ``[t, 255]`` or both extremes ``[0, t1]`` and ``[t2, 255]``, for a white
+and a black mouse on grey bedding; distance to the background model, on either side or only
 darker or only lighter, which drops a light animal's dark shadow and debris of the other sign) at
-one threshold, with the area range that suits it (a floor between debris and the animals, a ceiling
-that no group of animals reaches). The winner makes the most sampled frames show exactly N blobs
-of similar areas; per way, the middle of the best plateau of thresholds is kept (a stable choice).
-Raw thresholds, fragile under uneven light, must do clearly better than the background ones (as
-when animals sit still) and must find the animals that the background shows moving. What the user
+one threshold (a pair for both extremes), with the area range that suits it (a floor between debris
+and the animals, a ceiling that no group of animals reaches). The winner makes the most sampled
+frames show exactly N blobs of similar areas; per way, the middle of the best plateau of thresholds
+is kept (a stable choice). Raw thresholds, fragile under uneven light, must do clearly better than
+the background ones (as when animals sit still) and must find the animals that the background shows
+moving. Both extremes are searched only when no way shows the N animals in most frames, and must
+beat one extreme alone clearly: otherwise they only add debris of the other sign. What the user
 gave is kept; only the rest is searched.
 
 Speed: candidates are scored on every other sampled frame (fewer on large frames) by contour
@@ -24,6 +27,8 @@ from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
+
+from shoal.segmentation import foreground_mask
 
 #: today's fallback (no number of animals): the threshold sits this far towards the animals' contrast
 CONTRAST_FRACTION = 0.4
@@ -63,14 +68,21 @@ DECISIVE_EXACT = 0.9
 DECISIVE_MARGIN = 0.2
 #: ... and two in five of its blobs have moved by more than MIN_MOVE px from one sampled frame to the next
 MOVING_PERCENTILE = 60
+#: ... or, for both extremes, one in twenty (animals that rest most of the time, as a white and a black mouse)
+RESTING_PERCENTILE = 95
 MIN_MOVE = 3.0
+#: a background way scoring less than this cannot tell still animals from steady dark patches (both extremes)
+STRONG_WITNESS = 0.8
 #: raw thresholds are chosen over background ones only when they score this much better
 RAW_MARGIN = 0.1
 #: scores this close count as equal
 TIE = 0.02
+#: thresholds tried per side when both extremes are foreground (a grid of pairs)
+PAIR_GRID_SIZE = 6
 
 #: name -> (subtracts the background, sign: -1 darker, +1 lighter, 0 either side)
-WAYS = {"difference": (True, 0), "darker": (True, -1), "lighter": (True, 1), "dark": (False, 0), "light": (False, 0)}
+WAYS = {"difference": (True, 0), "darker": (True, -1), "lighter": (True, 1), "dark": (False, 0), "light": (False, 0),
+        "extremes": (False, 0)}
 
 
 @dataclass(frozen=True)
@@ -89,6 +101,8 @@ class Segmentation:
         if self.background:
             how = {0: "background difference", -1: "darker than the background by", 1: "lighter than the "
                    "background by"}[self.sign] + f" > {lo:g}"
+        elif lo > hi:
+            how = f"intensity in [0, {hi:g}] or [{lo:g}, 255]"
         else:
             how = f"intensity in [{lo:g}, {hi:g}]"
         amin, amax = self.area_ths
@@ -98,7 +112,7 @@ class Segmentation:
 @dataclass
 class _Candidate:
     way: str
-    threshold: float  # foreground is strength > threshold (see _strength)
+    threshold: float | tuple[float, float]  # foreground is strength > threshold; extremes: (dark, light)
     areas: list[np.ndarray]  # per frame, blob areas in decreasing order
     score: float = 0.0
     exact: float = 0.0
@@ -109,7 +123,10 @@ class _Candidate:
     def segmentation(self) -> Segmentation:
         background, sign = WAYS[self.way]
         t = self.threshold
-        intensity = {"dark": (0.0, 254.0 - t), "light": (t + 1.0, 255.0)}.get(self.way, (t, 255.0))
+        if self.way == "extremes":  # a range that wraps: lighter than t[1] or darker than 255 - t[0]
+            intensity = (t[1] + 1.0, 254.0 - t[0])
+        else:
+            intensity = {"dark": (0.0, 254.0 - t), "light": (t + 1.0, 255.0)}.get(self.way, (t, 255.0))
         return Segmentation(intensity, self.area_ths, background, sign, self.exact)
 
 
@@ -134,7 +151,8 @@ def choose_segmentation(
     step = max(1, len(frames) // min(SEARCH_FRAMES, max(8, int(SEARCH_PIXELS / roi_area))))
     search_rows = np.arange(0, len(frames), step)
     if intensity_ths is not None:  # only the area range is searched
-        areas = [_mask_areas(_given_mask(gray, intensity_ths, background, roi_u8, use_bkg)) for gray in frames]
+        areas = [_mask_areas(foreground_mask(gray, intensity_ths, background if use_bkg else None, roi))
+                 for gray in frames]
         if n_animals <= 0:
             typical = typical_animal_area([a[a <= GIANT_SHARE * roi_area] for a in areas], 0)
             return Segmentation(tuple(intensity_ths), (round(max(MIN_AREA_FRACTION * typical, MIN_AREA), 1),
@@ -147,21 +165,23 @@ def choose_segmentation(
     finals = []
     moving = None  # the best background way's fit: the size of the animals that move
     for way, (grid, contrast) in ways.items():  # per way, the middle of its best plateau of thresholds
+        if way == "extremes" and max((c.exact for c, _ in finals), default=0.0) >= DECISIVE_EXACT:
+            continue  # one side already shows the animals
         found = _areas_per_threshold(frames[search_rows], background, roi_u8, roi_area, way, grid)
-        row = [_fit(_Candidate(way, float(t), areas), n_animals, roi_area, area_ths)
+        row = [_fit(_Candidate(way, t if way == "extremes" else float(t), areas), n_animals, roi_area, area_ths)
                for t, areas in zip(grid, found, strict=True)]
         witness = not WAYS[way][0] and moving is not None and moving.score >= WITNESS_SCORE
         if witness:
             for c in row:  # raw blobs must be the animals the background shows, not dark corners or walls
                 if not 1 / AREA_RATIO <= c.typical / moving.typical <= AREA_RATIO and not (
-                        _decisive(c, moving) and _moves(frames[search_rows], background, roi_u8, c)):
+                        _decisive(c, moving) and _animal_like(frames[search_rows], background, roi_u8, c, moving)):
                     c.score = 0.0
-        pick = _plateau_middle(row)
+        pick = _plateau_middle(row, PAIR_GRID_SIZE if way == "extremes" else 1)
         if witness:
             # a decisive raw threshold must still show something that moves: four dark corners are four
             # steady blobs in every frame, and none of them is an animal
             if _decisive(pick, moving):
-                if not _moves(frames[search_rows], background, roi_u8, pick):
+                if not _animal_like(frames[search_rows], background, roi_u8, pick, moving):
                     continue
             elif _covered_share(frames[search_rows], background, roi_u8, moving, pick) < 0.5:
                 continue
@@ -171,6 +191,8 @@ def choose_segmentation(
         finals.append((full, contrast))
         if WAYS[way][0] and (moving is None or full.score > moving.score):
             moving = full
+    one_side = max((c.score for c, _ in finals if c.way in ("dark", "light")), default=0.0)
+    finals = [(c, contrast) for c, contrast in finals if c.way != "extremes" or c.score >= one_side + RAW_MARGIN]
     legacy = _legacy_candidate(frames, background, roi_u8, roi_area, n_animals, area_ths)
     if not finals:
         return legacy.segmentation()
@@ -196,27 +218,53 @@ def _decisive(raw: _Candidate, moving: _Candidate) -> bool:
         raw.score >= moving.score + DECISIVE_MARGIN or 1 - raw.exact <= (1 - moving.exact) / 3)
 
 
-def _moves(frames, background, roi_u8, c: _Candidate) -> bool:
+def _animal_like(frames, background, roi_u8, raw: _Candidate, moving: _Candidate) -> bool:
+    """Whether a decisive raw candidate shows animals, not steady dark corners: its blobs move. Both
+    extremes, tried only when nothing else shows the N animals, may show animals that rest most of the
+    time: each side must show animal-sized blobs, and then one in twenty of them moving will do, or
+    blobs that hold the parts of the animals that the background shows (whole resting animals around
+    the traces of their last moves); a background way that shows the animals in few frames (animals
+    that hardly move in a short clip) cannot witness against them at all."""
+    if raw.way != "extremes":
+        return _moves(frames, background, roi_u8, raw)
+    if not _both_sides(frames, roi_u8, raw):
+        return False
+    if moving.score < STRONG_WITNESS:  # still animals and steady objects look alike to a weak witness
+        return True
+    return _moves(frames, background, roi_u8, raw, RESTING_PERCENTILE) or _covered_share(
+        frames, background, roi_u8, moving, raw) >= 0.5
+
+
+def _both_sides(frames, roi_u8, c: _Candidate) -> bool:
+    """Whether both extremes of ``c`` show animal-sized blobs in most frames: one side alone (four dark
+    corners with nothing lighter) is a one-sided way, judged as such."""
+    for side, t in zip(("dark", "light"), c.threshold, strict=True):
+        counts = [np.count_nonzero((a >= c.area_ths[0]) & (a <= c.area_ths[1]))
+                  for a in _areas_per_threshold(frames, None, roi_u8, math.inf, side, [t])[0]]
+        if np.median(counts) < 1:
+            return False
+    return True
+
+
+def _moves(frames, background, roi_u8, c: _Candidate, percentile: float = MOVING_PERCENTILE) -> bool:
     """Whether blobs of ``c`` are often elsewhere in the next sampled frame (animals move; corners do not)."""
     centres = []
     for gray in frames:
-        _, mask = cv2.threshold(_strength(c.way, gray, background, roi_u8), c.threshold, 255, cv2.THRESH_BINARY)
+        mask = _mask(c.way, c.threshold, gray, background, roi_u8)
         _, _, stats, cents = cv2.connectedComponentsWithStats(mask, connectivity=8)
         keep = (stats[1:, cv2.CC_STAT_AREA] >= c.area_ths[0]) & (stats[1:, cv2.CC_STAT_AREA] <= c.area_ths[1])
         centres.append(cents[1:][keep])
     shifts = [np.min(np.linalg.norm(a[:, None] - b[None], axis=2), axis=1)
               for a, b in zip(centres[:-1], centres[1:], strict=True) if len(a) and len(b)]
-    return bool(shifts) and float(np.percentile(np.concatenate(shifts), MOVING_PERCENTILE)) > MIN_MOVE
+    return bool(shifts) and float(np.percentile(np.concatenate(shifts), percentile)) > MIN_MOVE
 
 
 def _covered_share(frames, background, roi_u8, moving: _Candidate, raw: _Candidate) -> float:
     """Share of the blobs of ``moving`` (a background way) whose centre is foreground for ``raw``."""
     inside = total = 0
     for gray in frames:
-        _, mask = cv2.threshold(_strength(moving.way, gray, background, roi_u8), moving.threshold, 255,
-                                cv2.THRESH_BINARY)
-        _, raw_mask = cv2.threshold(_strength(raw.way, gray, background, roi_u8), raw.threshold, 255,
-                                    cv2.THRESH_BINARY)
+        mask = _mask(moving.way, moving.threshold, gray, background, roi_u8)
+        raw_mask = _mask(raw.way, raw.threshold, gray, background, roi_u8)
         contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         for contour in contours:
             m = cv2.moments(contour)
@@ -226,9 +274,13 @@ def _covered_share(frames, background, roi_u8, moving: _Candidate, raw: _Candida
     return inside / total if total else 1.0
 
 
-def _plateau_middle(row: list[_Candidate]) -> _Candidate:
+def _plateau_middle(row: list[_Candidate], width: int = 1) -> _Candidate:
     """Stability: scores smoothed along the thresholds, then the middle of the run of thresholds
-    within TIE of the best (not its edge, where one step more merges or loses animals)."""
+    within TIE of the best (not its edge, where one step more merges or loses animals).
+
+    A row of ``width`` > 1 is a grid of threshold pairs in row-major order (both extremes)."""
+    if width > 1:
+        return _plateau_middle_2d(row, width)
     scores = [c.score for c in row]
     smooth = [(scores[max(j - 1, 0)] + 2 * scores[j] + scores[min(j + 1, len(row) - 1)]) / 4 for j in range(len(row))]
     best = int(np.argmax(smooth))
@@ -240,6 +292,20 @@ def _plateau_middle(row: list[_Candidate]) -> _Candidate:
     middle = row[(lo + hi) // 2]
     middle.score = smooth[(lo + hi) // 2]
     return middle
+
+
+def _plateau_middle_2d(grid: list[_Candidate], width: int) -> _Candidate:
+    """``_plateau_middle`` on a grid of threshold pairs: scores smoothed over each pair's neighbours,
+    then the pair within TIE of the best that lies nearest the middle of all such pairs."""
+    scores = np.array([c.score for c in grid]).reshape(-1, width)
+    padded = np.pad(scores, 1, mode="edge")
+    kernel = np.array([[1, 2, 1], [2, 4, 2], [1, 2, 1]]) / 16
+    smooth = sum(kernel[i, j] * padded[i:i + scores.shape[0], j:j + width] for i in range(3) for j in range(3))
+    near = np.argwhere(smooth >= smooth.max() - TIE)
+    middle = near[np.argmin(np.linalg.norm(near - near.mean(axis=0), axis=1))]
+    pick = grid[int(middle[0]) * width + int(middle[1])]
+    pick.score = float(smooth[tuple(middle)])
+    return pick
 
 
 def contrast_segmentation(
@@ -313,14 +379,13 @@ def _strength(way: str, gray: np.ndarray, background: np.ndarray | None, roi_u8:
     return cv2.bitwise_and(s, roi_u8) if roi_u8 is not None else s
 
 
-def _given_mask(gray, intensity_ths, background, roi_u8, use_bkg) -> np.ndarray:
-    lo, hi = intensity_ths
-    if use_bkg:
-        _, mask = cv2.threshold(cv2.absdiff(background, gray), lo, 255, cv2.THRESH_BINARY)
-    else:
-        lo_i, hi_i = max(math.ceil(lo), 0), min(math.floor(hi), 255)
-        mask = cv2.inRange(gray, lo_i, hi_i) if lo_i <= hi_i else np.zeros_like(gray)
-    return cv2.bitwise_and(mask, roi_u8) if roi_u8 is not None else mask
+def _mask(way: str, threshold, gray: np.ndarray, background, roi_u8) -> np.ndarray:
+    """Foreground of ``way`` at ``threshold`` (a (dark, light) pair for both extremes), 0/255."""
+    if way == "extremes":
+        dark, light = (_mask(side, t, gray, background, roi_u8) for side, t in zip(("dark", "light"), threshold,
+                                                                                  strict=True))
+        return cv2.bitwise_or(dark, light)
+    return cv2.threshold(_strength(way, gray, background, roi_u8), float(threshold), 255, cv2.THRESH_BINARY)[1]
 
 
 def _mask_areas(mask: np.ndarray) -> np.ndarray:
@@ -368,6 +433,7 @@ def _ways(frames, background, roi_u8, use_bkg) -> dict[str, tuple[np.ndarray, fl
             if way == "difference" or all(sides.values()):
                 contrast = _contrast(stats[way][0], 0.0, MIN_NOISE_SIGMAS * sigma)
                 grids[way] = (_grid(low, COMPLETE_FRACTION * contrast), contrast)
+    ends = {}  # dark, light: (low, high, contrast) as the two ends of both extremes
     for way in ("dark", "light"):
         if way in stats:
             hist, peak = stats[way]
@@ -383,10 +449,16 @@ def _ways(frames, background, roi_u8, use_bkg) -> dict[str, tuple[np.ndarray, fl
             # light animals on a dark floor share it with lighter mesh, hair or glare: only thresholds
             # near the animals' own level isolate them, so those go most of the way to the brightest
             # pixels. Dark animals keep the short reach: deep into the dark, fish show only their markings
-            reach = RAW_REACH * (peak - level) if way == "light" else 0.0
-            high = level + max(COMPLETE_FRACTION * contrast, reach)
-            grids[way] = (_grid(low, high), contrast)
-    return {w: g for w, g in grids.items() if len(g[0])}
+            reach = RAW_REACH * (peak - level)
+            grids[way] = (_grid(low, level + max(COMPLETE_FRACTION * contrast, reach if way == "light" else 0.0)),
+                          contrast)
+            ends[way] = (low, level + max(COMPLETE_FRACTION * contrast, reach), contrast)
+    grids = {w: g for w, g in grids.items() if len(g[0])}
+    if len(ends) == 2 and all(high >= low + 3 for low, high, _ in ends.values()):
+        # a white and a black animal, each at its own level: both ends reach far, in a grid of pairs
+        dark, light = (np.linspace(low, high, PAIR_GRID_SIZE).round() for low, high, _ in ends.values())
+        grids["extremes"] = ([(float(d), float(t)) for d in dark for t in light], min(c for *_, c in ends.values()))
+    return grids
 
 
 def _histogram(image: np.ndarray, roi_u8: np.ndarray | None) -> np.ndarray:
@@ -415,19 +487,22 @@ def _areas_per_threshold(frames, background, roi_u8, roi_area, way, thresholds) 
     found = [[] for _ in thresholds]
     flood = GIANT_SHARE * roi_area
     for gray in frames:
-        s = _strength(way, gray, background, roi_u8)
+        s = _strength(way, gray, background, roi_u8) if way != "extremes" else None
         empty = False
         for j, t in enumerate(thresholds):
             if empty:  # higher thresholds of an empty mask are empty too
                 found[j].append(np.zeros(0))
                 continue
-            _, mask = cv2.threshold(s, float(t), 255, cv2.THRESH_BINARY)
+            if s is None:
+                mask = _mask(way, t, gray, background, roi_u8)
+            else:
+                _, mask = cv2.threshold(s, float(t), 255, cv2.THRESH_BINARY)
             foreground = cv2.countNonZero(mask)
             if foreground > 2 * flood:
                 found[j].append(np.array([float(foreground)]))
                 continue
             areas = _mask_areas(mask)
-            empty = len(areas) == 0
+            empty = len(areas) == 0 and s is not None
             found[j].append(areas)
     return found
 

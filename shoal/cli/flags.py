@@ -17,7 +17,8 @@ def add_tracking_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--animals", type=int, help="number of animals (number_of_animals; default: none, required "
                                                 "unless --no-identities, which then takes the most blobs in a frame)")
     g.add_argument("--intensity", type=float, nargs=2, metavar=("LO", "HI"),
-                   help="foreground intensity range; with --bkg, LO is the difference threshold "
+                   help="foreground intensity range; LO > HI keeps both ends (>= LO or <= HI: light and "
+                        "dark animals together); with --bkg, LO is the difference threshold "
                         "(default: chosen from the video)")
     g.add_argument("--area", type=float, nargs=2, metavar=("MIN", "MAX"),
                    help="blob area range in pixels (default: minimum chosen from the video, no maximum)")

@@ -52,6 +52,8 @@ def arg_parser() -> argparse.ArgumentParser:
     hard.add_argument("--debris", type=int, default=0, metavar="K",
                       help="K specks of dust, hairs and animal-sized bits, darker and lighter than the animals")
     hard.add_argument("--light-animals", action="store_true", help="light animals on a dark floor")
+    hard.add_argument("--mixed-coats", action="store_true",
+                      help="every other animal light, the others dark, on a mid-grey floor (white and black mice)")
     hard.add_argument("--tank", choices=TANKS, help="arena shape (default: drawn per seed; a rectangle with "
                                                     "--dark-ends)")
     hard.add_argument("--codec", choices=CODECS, default="ffv1",
@@ -72,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
                                   marking_seed=args.marking_seed, body_length=args.body_length,
                                   schooling=args.schooling, resting=args.resting, dark_ends=args.dark_ends,
                                   vignette=args.vignette, light_gradient=args.light_gradient, debris=args.debris,
-                                  light_animals=args.light_animals, tank=args.tank, codec=args.codec,
-                                  bitrate=args.bitrate, quality=args.quality)
+                                  light_animals=args.light_animals, mixed_coats=args.mixed_coats, tank=args.tank,
+                                  codec=args.codec, bitrate=args.bitrate, quality=args.quality)
         paths = write_simulation(config, args.out)
     except (ValueError, OSError) as err:
         print(f"shoal simulate: {err}", file=sys.stderr)

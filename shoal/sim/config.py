@@ -62,6 +62,9 @@ class SimulationConfig:
     lighter than the animals, some lighter than the floor; about one in seven drifts slowly."""
     light_animals: bool = False
     """Light animals on a dark floor: every grey level of the scene is mirrored (255 - level)."""
+    mixed_coats: bool = False
+    """Every other animal light, the others dark, on a mid-grey floor (a white and a black mouse):
+    no one-sided intensity range shows them all."""
     tank: str | None = None
     """'circle' or 'rectangle'; default: drawn per seed (7 in 10 circles), a rectangle with dark_ends."""
     codec: str = "ffv1"
@@ -78,6 +81,8 @@ class SimulationConfig:
             raise ValueError(f"need at least one animal, got {self.n_animals}")
         if self.n_frames < 1:
             raise ValueError(f"need at least one frame, got {self.n_frames}")
+        if self.mixed_coats and self.light_animals:
+            raise ValueError("mixed_coats already has light and dark animals: leave out light_animals")
         if self.fps <= 0:
             raise ValueError(f"fps must be positive, got {self.fps}")
         if self.always_touching and self.n_animals < 4:
@@ -136,7 +141,7 @@ class SimulationConfig:
         """The hard-recording options that differ from their defaults (empty for a default video)."""
         out = {}
         for name in ("body_length", "schooling", "resting", "dark_ends", "vignette", "light_gradient", "debris",
-                     "light_animals", "tank", "codec", "bitrate", "quality"):
+                     "light_animals", "mixed_coats", "tank", "codec", "bitrate", "quality"):
             value, default = getattr(self, name), SimulationConfig.__dataclass_fields__[name].default
             if value != default:
                 out[name] = value

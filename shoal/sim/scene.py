@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -18,6 +19,9 @@ from shoal.sim.debris import _draw_debris
 from shoal.sim.looks import _draw_animals, _draw_look, _Shape
 from shoal.sim.motion import _Arena, _Habits, _Motion
 from shoal.sim.truth import FrameTruth, GroundTruth, collect_truth
+
+#: the floor of a video with mixed coats; light animals mirror the dark ones' grey levels about it
+MID_GREY = 128.0
 
 
 class Simulation:
@@ -32,6 +36,8 @@ class Simulation:
             seeds[0], seeds[3] = marking[0], marking[3]
         look_rng, motion_rng, self._noise_rng, animal_rng = (np.random.default_rng(s) for s in seeds)
         self.look = _draw_look(config.preset, look_rng)
+        if config.mixed_coats:  # a mid-grey floor, dark animals at least 70 grey levels below it
+            self.look = replace(self.look, background=MID_GREY, body_grey=min(self.look.body_grey, MID_GREY - 70))
         self.shape = _Shape(config.preset, preset, look_rng)
         self.animals = _draw_animals(config.n_animals, config.preset, preset, self.look, animal_rng)
         self.body_length = float(np.median([a.length for a in self.animals]))
@@ -114,6 +120,7 @@ class Simulation:
 
     def _render(self, i: int, canvas: np.ndarray):
         """Draw animal i into the canvas; return (y0, x0, mask, centroid) for contact tests."""
+        light = self.config.mixed_coats and i % 2  # every other animal of the video, whatever its arena
         (m, i), animal = self._where[i], self.animals[i]
         x, y = m.pos[i]
         r = self._patch_half
@@ -128,6 +135,8 @@ class Simulation:
         total = alpha.sum()
         centroid = (x0 + (alpha.sum(axis=0) @ np.arange(size)) / total,
                     y0 + (alpha.sum(axis=1) @ np.arange(size)) / total)
+        if light:
+            grey = 2.0 * MID_GREY - grey
         alpha = alpha.astype(np.float32)
         ink = (alpha * grey).astype(np.float32)
         sigma = self.look.blur_sigma
