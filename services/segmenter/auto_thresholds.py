@@ -30,34 +30,35 @@ import numpy as np
 
 from shoal.segmentation import foreground_mask
 
+from .threshold_ways import (
+    GIANT_SHARE,
+    MIN_AREA,
+    MIN_NOISE_SIGMAS,
+    PAIR_GRID_SIZE,
+    WAYS,
+    areas_per_threshold,
+    blob_areas,
+    foreground,
+    histogram,
+    histogram_median,
+    strength,
+    threshold_grids,
+)
+
 #: today's fallback (no number of animals): the threshold sits this far towards the animals' contrast
 CONTRAST_FRACTION = 0.4
-#: and at least this many noise standard deviations above the background
-MIN_NOISE_SIGMAS = 6.0
 #: blobs smaller than this fraction of a typical animal are noise (the fallback's floor)
 MIN_AREA_FRACTION = 0.15
 #: floors tried between debris and animals, as fractions of a typical animal's area
 AREA_FRACTIONS = (0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6)
-#: no blob is smaller than this (pixels)
-MIN_AREA = 4.0
-#: a blob covering more than this share of the ROI is background or a wall, never an animal
-GIANT_SHARE = 0.25
-#: thresholds stop this far from the floor towards the animals' typical contrast (whole animals, not cores)
-COMPLETE_FRACTION = 0.55
-#: thresholds tried per way of thresholding
-GRID_SIZE = 18
 #: pixels (frames x ROI area) scored per candidate in the first round, and at most this many frames
 SEARCH_PIXELS = 20e6
 SEARCH_FRAMES = 25
 #: raw blobs this many times larger or smaller than the moving animals that the background shows are
 #: something else (a dark corner, a wall)
 AREA_RATIO = 2.0
-#: raw thresholds start beyond this share of the ROI's pixels (the floor, however unevenly lit)
-FLOOR_SHARE = 0.9
 #: each animal's blob varies less than this in area (coefficient of variation per size rank); more costs score
 MAX_AREA_CV = 0.35
-#: light-animal thresholds are tried up to this fraction of the way from the floor to the brightest pixels
-RAW_REACH = 0.8
 #: a background way that shows N blobs this well witnesses against raw blobs of another size or place
 WITNESS_SCORE = 0.25
 #: ... unless the raw threshold shows the N animals in this share of the frames, with consistent sizes,
@@ -77,12 +78,6 @@ STRONG_WITNESS = 0.8
 RAW_MARGIN = 0.1
 #: scores this close count as equal
 TIE = 0.02
-#: thresholds tried per side when both extremes are foreground (a grid of pairs)
-PAIR_GRID_SIZE = 6
-
-#: name -> (subtracts the background, sign: -1 darker, +1 lighter, 0 either side)
-WAYS = {"difference": (True, 0), "darker": (True, -1), "lighter": (True, 1), "dark": (False, 0), "light": (False, 0),
-        "extremes": (False, 0)}
 
 
 @dataclass(frozen=True)
@@ -151,7 +146,7 @@ def choose_segmentation(
     step = max(1, len(frames) // min(SEARCH_FRAMES, max(8, int(SEARCH_PIXELS / roi_area))))
     search_rows = np.arange(0, len(frames), step)
     if intensity_ths is not None:  # only the area range is searched
-        areas = [_mask_areas(foreground_mask(gray, intensity_ths, background if use_bkg else None, roi))
+        areas = [blob_areas(foreground_mask(gray, intensity_ths, background if use_bkg else None, roi))
                  for gray in frames]
         if n_animals <= 0:
             typical = typical_animal_area([a[a <= GIANT_SHARE * roi_area] for a in areas], 0)
@@ -161,13 +156,13 @@ def choose_segmentation(
         return Segmentation(tuple(intensity_ths), best.area_ths, use_bkg, 0, best.exact)
     if n_animals <= 0:
         return contrast_segmentation(frames, background, roi, area_ths)
-    ways = _ways(frames[search_rows], background, roi_u8, use_bkg)
+    ways = threshold_grids(frames[search_rows], background, roi_u8, use_bkg)
     finals = []
     moving = None  # the best background way's fit: the size of the animals that move
     for way, (grid, contrast) in ways.items():  # per way, the middle of its best plateau of thresholds
         if way == "extremes" and max((c.exact for c, _ in finals), default=0.0) >= DECISIVE_EXACT:
             continue  # one side already shows the animals
-        found = _areas_per_threshold(frames[search_rows], background, roi_u8, roi_area, way, grid)
+        found = areas_per_threshold(frames[search_rows], background, roi_u8, roi_area, way, grid)
         row = [_fit(_Candidate(way, t if way == "extremes" else float(t), areas), n_animals, roi_area, area_ths)
                for t, areas in zip(grid, found, strict=True)]
         witness = not WAYS[way][0] and moving is not None and moving.score >= WITNESS_SCORE
@@ -185,7 +180,7 @@ def choose_segmentation(
                     continue
             elif _covered_share(frames[search_rows], background, roi_u8, moving, pick) < 0.5:
                 continue
-        areas = _areas_per_threshold(frames, background, roi_u8, roi_area, way, [pick.threshold])[0]
+        areas = areas_per_threshold(frames, background, roi_u8, roi_area, way, [pick.threshold])[0]
         full = _fit(_Candidate(way, pick.threshold, areas), n_animals, roi_area, area_ths)
         full.score = 0.5 * full.score + 0.5 * pick.score
         finals.append((full, contrast))
@@ -240,7 +235,7 @@ def _both_sides(frames, roi_u8, c: _Candidate) -> bool:
     corners with nothing lighter) is a one-sided way, judged as such."""
     for side, t in zip(("dark", "light"), c.threshold, strict=True):
         counts = [np.count_nonzero((a >= c.area_ths[0]) & (a <= c.area_ths[1]))
-                  for a in _areas_per_threshold(frames, None, roi_u8, math.inf, side, [t])[0]]
+                  for a in areas_per_threshold(frames, None, roi_u8, math.inf, side, [t])[0]]
         if np.median(counts) < 1:
             return False
     return True
@@ -250,7 +245,7 @@ def _moves(frames, background, roi_u8, c: _Candidate, percentile: float = MOVING
     """Whether blobs of ``c`` are often elsewhere in the next sampled frame (animals move; corners do not)."""
     centres = []
     for gray in frames:
-        mask = _mask(c.way, c.threshold, gray, background, roi_u8)
+        mask = foreground(c.way, c.threshold, gray, background, roi_u8)
         _, _, stats, cents = cv2.connectedComponentsWithStats(mask, connectivity=8)
         keep = (stats[1:, cv2.CC_STAT_AREA] >= c.area_ths[0]) & (stats[1:, cv2.CC_STAT_AREA] <= c.area_ths[1])
         centres.append(cents[1:][keep])
@@ -263,8 +258,8 @@ def _covered_share(frames, background, roi_u8, moving: _Candidate, raw: _Candida
     """Share of the blobs of ``moving`` (a background way) whose centre is foreground for ``raw``."""
     inside = total = 0
     for gray in frames:
-        mask = _mask(moving.way, moving.threshold, gray, background, roi_u8)
-        raw_mask = _mask(raw.way, raw.threshold, gray, background, roi_u8)
+        mask = foreground(moving.way, moving.threshold, gray, background, roi_u8)
+        raw_mask = foreground(raw.way, raw.threshold, gray, background, roi_u8)
         contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         for contour in contours:
             m = cv2.moments(contour)
@@ -327,13 +322,13 @@ def difference_threshold(histogram: np.ndarray) -> float:
     contrast, so blurred edges are split halfway rather than at the noise floor.
     """
     histogram = np.asarray(histogram, np.float64)
-    sigma = max(1.4826 * _median(histogram), 0.5)
+    sigma = max(1.4826 * histogram_median(histogram), 0.5)
     floor = MIN_NOISE_SIGMAS * sigma
     strong = histogram.copy()
     strong[: int(math.floor(2 * floor)) + 1] = 0
     if strong.sum() == 0:
         return floor
-    return max(floor, CONTRAST_FRACTION * _median(strong))
+    return max(floor, CONTRAST_FRACTION * histogram_median(strong))
 
 
 def typical_animal_area(areas: list[np.ndarray], n_animals: int) -> float:
@@ -344,11 +339,6 @@ def typical_animal_area(areas: list[np.ndarray], n_animals: int) -> float:
         return float(np.median(every[every >= 0.1 * every.max()])) if len(every) else 0.0
     top = np.concatenate([a[:n_animals] for a in areas]) if areas else np.zeros(0)
     return float(np.median(top)) if len(top) else 0.0
-
-
-def _median(histogram: np.ndarray) -> float:
-    cumulative = np.cumsum(histogram)
-    return float(np.searchsorted(cumulative, cumulative[-1] / 2))
 
 
 def _crop_to_roi(frames, background, roi):
@@ -362,149 +352,6 @@ def _crop_to_roi(frames, background, roi):
     box = (slice(ys[0], ys[-1] + 1), slice(xs[0], xs[-1] + 1))
     return frames[(slice(None), *box)], None if background is None else background[box], np.ascontiguousarray(
         roi[box])
-
-
-def _strength(way: str, gray: np.ndarray, background: np.ndarray | None, roi_u8: np.ndarray | None) -> np.ndarray:
-    """uint8 image whose values above a threshold are the foreground of ``way``; 0 outside the ROI."""
-    if way == "dark":
-        s = cv2.bitwise_not(gray)
-    elif way == "light":
-        s = gray
-    elif way == "difference":
-        s = cv2.absdiff(background, gray)
-    elif way == "darker":
-        s = cv2.subtract(background, gray)
-    else:
-        s = cv2.subtract(gray, background)
-    return cv2.bitwise_and(s, roi_u8) if roi_u8 is not None else s
-
-
-def _mask(way: str, threshold, gray: np.ndarray, background, roi_u8) -> np.ndarray:
-    """Foreground of ``way`` at ``threshold`` (a (dark, light) pair for both extremes), 0/255."""
-    if way == "extremes":
-        dark, light = (_mask(side, t, gray, background, roi_u8) for side, t in zip(("dark", "light"), threshold,
-                                                                                  strict=True))
-        return cv2.bitwise_or(dark, light)
-    return cv2.threshold(_strength(way, gray, background, roi_u8), float(threshold), 255, cv2.THRESH_BINARY)[1]
-
-
-def _mask_areas(mask: np.ndarray) -> np.ndarray:
-    """Filled pixel counts of the mask's external contours of at least MIN_AREA, in decreasing order.
-
-    Pick's theorem turns a contour's polygon area and boundary pixels into the pixel count of the
-    filled blob (exact for simple outlines), without filling anything.
-    """
-    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    if not contours:
-        return np.zeros(0)
-    lengths = np.fromiter(map(len, contours), np.int64, len(contours))
-    big = np.flatnonzero(lengths >= 4)
-    areas = np.array([cv2.contourArea(contours[i]) for i in big]) + lengths[big] / 2 + 1
-    return -np.sort(-areas[areas >= MIN_AREA])
-
-
-def _ways(frames, background, roi_u8, use_bkg) -> dict[str, tuple[np.ndarray, float]]:
-    """Thresholds to try and the animals' contrast for each way, from histograms of the sampled frames.
-
-    Each way runs from a few noise s.d. past the floor to COMPLETE_FRACTION of the animals' typical
-    contrast (the median strength of pixels far above the noise): stricter thresholds separate
-    touching animals better but keep only their cores, and identification images need whole
-    animals. A signed way is tried only when both sides of the background show contrast (else it is
-    "difference"); a way without contrast above its noise is not tried.
-    """
-    names = ["difference", "darker", "lighter"] if background is not None else []
-    if not use_bkg:
-        names += ["dark", "light"]
-    stats = {}
-    for way in names:
-        hist = np.zeros(256)
-        peaks = []
-        for gray in frames:
-            s = _strength(way, gray, background, roi_u8)
-            hist += _histogram(s, roi_u8)
-            peaks.append(cv2.minMaxLoc(s, roi_u8)[1])
-        stats[way] = (hist, float(np.median(peaks)))
-    grids = {}
-    sigma = max(1.4826 * _median(stats["difference"][0]), 0.5) if background is not None else None
-    if background is not None:
-        low = max(2.5 * sigma, 3.0)
-        sides = {w: stats[w][1] >= max(MIN_NOISE_SIGMAS * sigma, low + 6) for w in ("darker", "lighter")}
-        for way in ("difference", "darker", "lighter"):
-            if way == "difference" or all(sides.values()):
-                contrast = _contrast(stats[way][0], 0.0, MIN_NOISE_SIGMAS * sigma)
-                grids[way] = (_grid(low, COMPLETE_FRACTION * contrast), contrast)
-    ends = {}  # dark, light: (low, high, contrast) as the two ends of both extremes
-    for way in ("dark", "light"):
-        if way in stats:
-            hist, peak = stats[way]
-            level = _median(hist)
-            spread = np.abs(np.arange(256) - level)
-            order = np.argsort(spread)
-            mad = spread[order][np.searchsorted(np.cumsum(hist[order]), hist.sum() / 2)]  # noise and uneven light
-            noise = sigma if sigma is not None else 1.4826 * mad
-            cumulative = np.cumsum(hist)
-            floor_top = float(np.searchsorted(cumulative, FLOOR_SHARE * cumulative[-1]))  # darkest/lightest floor
-            low = max(level + 3 * noise, floor_top + 2 * noise, level + 3.0, level + 0.05 * (peak - level))
-            contrast = _contrast(hist, level, max(MIN_NOISE_SIGMAS * noise, 3 * mad, 6.0))
-            # light animals on a dark floor share it with lighter mesh, hair or glare: only thresholds
-            # near the animals' own level isolate them, so those go most of the way to the brightest
-            # pixels. Dark animals keep the short reach: deep into the dark, fish show only their markings
-            reach = RAW_REACH * (peak - level)
-            grids[way] = (_grid(low, level + max(COMPLETE_FRACTION * contrast, reach if way == "light" else 0.0)),
-                          contrast)
-            ends[way] = (low, level + max(COMPLETE_FRACTION * contrast, reach), contrast)
-    grids = {w: g for w, g in grids.items() if len(g[0])}
-    if len(ends) == 2 and all(high >= low + 3 for low, high, _ in ends.values()):
-        # a white and a black animal, each at its own level: both ends reach far, in a grid of pairs
-        dark, light = (np.linspace(low, high, PAIR_GRID_SIZE).round() for low, high, _ in ends.values())
-        grids["extremes"] = ([(float(d), float(t)) for d in dark for t in light], min(c for *_, c in ends.values()))
-    return grids
-
-
-def _histogram(image: np.ndarray, roi_u8: np.ndarray | None) -> np.ndarray:
-    """256 counts of the values of every other row and column inside the ROI (plenty for quantiles)."""
-    mask = roi_u8[::2, ::2] if roi_u8 is not None else None
-    return cv2.calcHist([np.ascontiguousarray(image[::2, ::2])], [0], mask, [256], [0, 256]).ravel()
-
-
-def _contrast(hist: np.ndarray, level: float, floor: float) -> float:
-    """The animals' typical contrast: median strength above ``level`` (the floor's strength) of the
-    pixels more than 2 ``floor`` above it; 0 if there are none."""
-    strong = hist.copy()
-    strong[: min(int(level + 2 * floor) + 1, 256)] = 0
-    return _median(strong) - level if strong.sum() else 0.0
-
-
-def _grid(low: float, high: float) -> np.ndarray:
-    """Whole-number thresholds (foreground is > t) from low to high, at most GRID_SIZE of them."""
-    if high < low + 3:
-        return np.zeros(0)
-    return np.unique(np.round(np.linspace(low, high, GRID_SIZE)))
-
-
-def _areas_per_threshold(frames, background, roi_u8, roi_area, way, thresholds) -> list[list[np.ndarray]]:
-    """For each threshold, per frame the blob areas in decreasing order (a flooded frame: one giant blob)."""
-    found = [[] for _ in thresholds]
-    flood = GIANT_SHARE * roi_area
-    for gray in frames:
-        s = _strength(way, gray, background, roi_u8) if way != "extremes" else None
-        empty = False
-        for j, t in enumerate(thresholds):
-            if empty:  # higher thresholds of an empty mask are empty too
-                found[j].append(np.zeros(0))
-                continue
-            if s is None:
-                mask = _mask(way, t, gray, background, roi_u8)
-            else:
-                _, mask = cv2.threshold(s, float(t), 255, cv2.THRESH_BINARY)
-            foreground = cv2.countNonZero(mask)
-            if foreground > 2 * flood:
-                found[j].append(np.array([float(foreground)]))
-                continue
-            areas = _mask_areas(mask)
-            empty = len(areas) == 0 and s is not None
-            found[j].append(areas)
-    return found
 
 
 def _credit(counts: np.ndarray, n: int) -> np.ndarray:
@@ -553,10 +400,10 @@ def _legacy_candidate(frames, background, roi_u8, roi_area, n, area_ths) -> _Can
     """Background difference at a fraction of the contrast, floor at a fraction of a typical blob."""
     if background is None:
         return None
-    hist = sum(_histogram(_strength("difference", gray, background, roi_u8), roi_u8)
+    hist = sum(histogram(strength("difference", gray, background, roi_u8), roi_u8)
                for gray in frames[:: max(1, len(frames) // 20)])
     threshold = round(difference_threshold(hist), 1)
-    c = _Candidate("difference", threshold, _areas_per_threshold(frames, background, roi_u8, roi_area, "difference",
+    c = _Candidate("difference", threshold, areas_per_threshold(frames, background, roi_u8, roi_area, "difference",
                                                                  [threshold])[0])
     if area_ths is None:
         typical = typical_animal_area(c.areas, n)

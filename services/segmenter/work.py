@@ -19,8 +19,9 @@ from shoal.roi import blob_regions, roi_mask, roi_regions
 from shoal.segmentation import background_sample_indices, body_length, compute_background, segment_frame
 from shoal.video import VideoError, VideoInfo, damage_message, decode_sample, read_frames
 
-from .auto_thresholds import GIANT_SHARE, Segmentation, choose_segmentation
+from .auto_thresholds import Segmentation, choose_segmentation
 from .crops import crop_geometry, identification_images
+from .threshold_ways import GIANT_SHARE
 
 #: frames looked at by the probe to estimate body length and crop size
 PROBE_FRAMES = 50
