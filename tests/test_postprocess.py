@@ -98,6 +98,28 @@ def test_crossing_interpolation_fills_the_gap_inside_the_merged_blob():
             assert table.mask(row)[y - y0, x - x0]  # the animal is put inside the crossing
 
 
+def test_animals_still_touching_when_the_video_ends_stay_on_their_crossing():
+    """Two animals meet at frame 20 and are one blob until the last frame: there is no far side to
+    interpolate from, so each follows the merged blob from where it was last seen alone."""
+    frames = [[(40 + min(t, 20), 50, 6), (90 - min(t, 20), 50, 6)] for t in range(30)]
+    table = table_from_discs(frames)
+    truth = true_animals(frames, table)
+    blob_identity = np.array([next(iter(t)) if len(t) == 1 else -1 for t in truth])
+    trajectories, _ = build_trajectories(table, blob_identity, 30, 2)
+    merged_from = int(np.flatnonzero(np.isnan(trajectories[:, 0, 0]))[0])
+    assert merged_from < 25
+    filled, was_filled = interpolate_crossings(trajectories, table, blob_identity, max_snap_distance=10)
+    assert not np.isnan(filled).any() and was_filled[merged_from:].all() and not was_filled[:merged_from].any()
+    true_xy = np.array([[d[:2] for d in fr] for fr in frames])
+    assert np.abs(filled - true_xy).max() < 6.0  # within a radius of each animal
+    reversed_frames = frames[::-1]  # the same at the start of a video: both begin touching
+    table = table_from_discs(reversed_frames)
+    blob_identity = np.array([next(iter(t)) if len(t) == 1 else -1 for t in true_animals(reversed_frames, table)])
+    trajectories, _ = build_trajectories(table, blob_identity, 30, 2)
+    filled, _ = interpolate_crossings(trajectories, table, blob_identity, max_snap_distance=10)
+    assert not np.isnan(filled).any()
+
+
 def test_positions_are_snapped_to_the_blob_when_the_straight_line_misses_it():
     # An animal seen at x=20 and x=60 (y=50) is, in between, inside a blob lying below the line.
     frames = [[(20, 50, 5)], [(40, 75, 8)], [(60, 50, 5)]]

@@ -154,6 +154,10 @@ def interpolate_crossings(
     positions, snapped onto the nearest blob that wears no identity (a crossing, or an unidentified
     animal): the point itself when the blob contains it, else the blob's nearest pixel, if within
     ``max_snap_distance``. Frames without such a blob stay NaN (the animal is occluded or lost).
+    Before an identity's first known position and after its last (animals still in a crossing when
+    the video starts or ends) there is no other side to interpolate from: the animal follows the
+    free blob it is snapped onto, frame by frame, from its first or last known position, until
+    no free blob is near enough.
 
     Returns the filled trajectories and bool [F, N] marking the filled entries.
     """
@@ -162,23 +166,30 @@ def interpolate_crossings(
     filled = np.zeros((n_frames, n_animals), bool)
     starts = table.frame_slices(first_frame, n_frames)
     free = np.asarray(blob_identity) < 0
+
+    def snap(f: int, guess: np.ndarray) -> np.ndarray | None:
+        rows = np.arange(starts[f], starts[f + 1])
+        rows = rows[free[rows]]
+        if len(rows) == 0:
+            return None
+        point, distance = min((_nearest_pixel(table, int(r), guess) for r in rows), key=lambda s: s[1])
+        return point if distance <= max_snap_distance else None
+
     for k in range(n_animals):
         known = np.flatnonzero(~np.isnan(trajectories[:, k, 0]))
-        if len(known) < 2:
+        if len(known) == 0:
             continue
         for a, b in zip(known[:-1], known[1:], strict=True):
-            if b - a < 2:
-                continue
             for f in range(a + 1, b):
-                rows = np.arange(starts[f], starts[f + 1])
-                rows = rows[free[rows]]
-                if len(rows) == 0:
-                    continue
                 w = (f - a) / (b - a)
-                guess = (1 - w) * trajectories[a, k] + w * trajectories[b, k]
-                snaps = [_nearest_pixel(table, int(r), guess) for r in rows]
-                point, distance = min(snaps, key=lambda s: s[1])
-                if distance <= max_snap_distance:
-                    trajectories[f, k] = point
-                    filled[f, k] = True
+                point = snap(f, (1 - w) * trajectories[a, k] + w * trajectories[b, k])
+                if point is not None:
+                    trajectories[f, k], filled[f, k] = point, True
+        for edge in (range(known[0] - 1, -1, -1), range(known[-1] + 1, n_frames)):
+            for f in edge:
+                previous = f + 1 if f < known[0] else f - 1
+                point = snap(f, trajectories[previous, k])
+                if point is None:
+                    break
+                trajectories[f, k], filled[f, k] = point, True
     return trajectories, filled
