@@ -171,7 +171,7 @@ def choose_segmentation(
                 if not 1 / AREA_RATIO <= c.typical / moving.typical <= AREA_RATIO and not (
                         _decisive(c, moving) and _animal_like(frames[search_rows], background, roi_u8, c, moving)):
                     c.score = 0.0
-        pick = _plateau_middle(row, PAIR_GRID_SIZE if way == "extremes" else 1)
+        pick = _plateau_middle_2d(row, PAIR_GRID_SIZE) if way == "extremes" else _plateau_middle(row)
         if witness:
             # a decisive raw threshold must still show something that moves: four dark corners are four
             # steady blobs in every frame, and none of them is an animal
@@ -269,13 +269,9 @@ def _covered_share(frames, background, roi_u8, moving: _Candidate, raw: _Candida
     return inside / total if total else 1.0
 
 
-def _plateau_middle(row: list[_Candidate], width: int = 1) -> _Candidate:
+def _plateau_middle(row: list[_Candidate]) -> _Candidate:
     """Stability: scores smoothed along the thresholds, then the middle of the run of thresholds
-    within TIE of the best (not its edge, where one step more merges or loses animals).
-
-    A row of ``width`` > 1 is a grid of threshold pairs in row-major order (both extremes)."""
-    if width > 1:
-        return _plateau_middle_2d(row, width)
+    within TIE of the best (not its edge, where one step more merges or loses animals)."""
     scores = [c.score for c in row]
     smooth = [(scores[max(j - 1, 0)] + 2 * scores[j] + scores[min(j + 1, len(row) - 1)]) / 4 for j in range(len(row))]
     best = int(np.argmax(smooth))
@@ -290,8 +286,9 @@ def _plateau_middle(row: list[_Candidate], width: int = 1) -> _Candidate:
 
 
 def _plateau_middle_2d(grid: list[_Candidate], width: int) -> _Candidate:
-    """``_plateau_middle`` on a grid of threshold pairs: scores smoothed over each pair's neighbours,
-    then the pair within TIE of the best that lies nearest the middle of all such pairs."""
+    """``_plateau_middle`` on a grid of threshold pairs in row-major order, ``width`` to a row (both
+    extremes): scores smoothed over each pair's neighbours, then the pair within TIE of the best that
+    lies nearest the middle of all such pairs."""
     scores = np.array([c.score for c in grid]).reshape(-1, width)
     padded = np.pad(scores, 1, mode="edge")
     kernel = np.array([[1, 2, 1], [2, 4, 2], [1, 2, 1]]) / 16

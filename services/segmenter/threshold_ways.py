@@ -120,10 +120,9 @@ def threshold_grids(frames, background, roi_u8, use_bkg) -> dict[str, tuple[np.n
             # light animals on a dark floor share it with lighter mesh, hair or glare: only thresholds
             # near the animals' own level isolate them, so those go most of the way to the brightest
             # pixels. Dark animals keep the short reach: deep into the dark, fish show only their markings
-            reach = RAW_REACH * (peak - level)
-            grids[way] = (grid(low, level + max(COMPLETE_FRACTION * contrast, reach if way == "light" else 0.0)),
-                          contrast)
-            ends[way] = (low, level + max(COMPLETE_FRACTION * contrast, reach), contrast)
+            whole, reach = COMPLETE_FRACTION * contrast, RAW_REACH * (peak - level)
+            grids[way] = (grid(low, level + (max(whole, reach) if way == "light" else whole)), contrast)
+            ends[way] = (low, level + max(whole, reach), contrast)
     grids = {w: g for w, g in grids.items() if len(g[0])}
     if len(ends) == 2 and all(high >= low + 3 for low, high, _ in ends.values()):
         # a white and a black animal, each at its own level: both ends reach far, in a grid of pairs
@@ -157,23 +156,23 @@ def areas_per_threshold(frames, background, roi_u8, roi_area, way, thresholds) -
     """For each threshold, per frame the blob areas in decreasing order (a flooded frame: one giant blob)."""
     found = [[] for _ in thresholds]
     flood = GIANT_SHARE * roi_area
+    pairs = way == "extremes"  # thresholds are (dark, light) pairs; the strength images are made once per frame
     for gray in frames:
-        s = strength(way, gray, background, roi_u8) if way != "extremes" else None
+        images = [strength(side, gray, background, roi_u8) for side in (("dark", "light") if pairs else (way,))]
         empty = False
         for j, t in enumerate(thresholds):
             if empty:  # higher thresholds of an empty mask are empty too
                 found[j].append(np.zeros(0))
                 continue
-            if s is None:
-                mask = foreground(way, t, gray, background, roi_u8)
-            else:
-                _, mask = cv2.threshold(s, float(t), 255, cv2.THRESH_BINARY)
+            masks = [cv2.threshold(s, float(v), 255, cv2.THRESH_BINARY)[1]
+                     for s, v in zip(images, t if pairs else (t,), strict=True)]
+            mask = cv2.bitwise_or(*masks) if pairs else masks[0]
             lit = cv2.countNonZero(mask)
             if lit > 2 * flood:
                 found[j].append(np.array([float(lit)]))
                 continue
             areas = blob_areas(mask)
-            empty = len(areas) == 0 and s is not None
+            empty = len(areas) == 0 and not pairs  # pairs are not ordered: an empty one says nothing of the next
             found[j].append(areas)
     return found
 
