@@ -131,3 +131,26 @@ def test_positions_are_snapped_to_the_blob_when_the_straight_line_misses_it():
     assert abs(x - 40) <= 1 and 66 <= y <= 68  # the top pixel of the blob
     far, was_filled = interpolate_crossings(trajectories, table, blob_identity, max_snap_distance=5)
     assert np.isnan(far[1, 0]).all() and not was_filled.any()
+
+
+def test_animals_that_turn_inside_a_crossing_are_settled_onto_their_own_bodies():
+    """Two animals (discs of radius 8, a body length of 16) meet, dive 40 px together, rest there
+    and come back: the straight line between their sightings runs far above them, so the snapped
+    point is the blob's top edge, a half body length off. Each settles on the centroid of its share."""
+    radius = 8.0
+
+    def y(t):
+        return 50 + 8 * min(max(t - 5, 0), 5) - 8 * min(max(t - 25, 0), 5)
+
+    frames = [[(30 + 3 * min(t, 5) - 3 * max(t - 30, 0), y(t), radius),
+               (77 - 3 * min(t, 5) + 3 * max(t - 30, 0), y(t), radius)] for t in range(36)]
+    table = table_from_discs(frames, size=(150, 150))
+    blob_identity = np.array([next(iter(t)) if len(t) == 1 else -1 for t in true_animals(frames, table)])
+    trajectories, _ = build_trajectories(table, blob_identity, 36, 2)
+    true_xy = np.array([[d[:2] for d in fr] for fr in frames])
+    snapped, was_filled = interpolate_crossings(trajectories, table, blob_identity, max_snap_distance=40)
+    settled, _ = interpolate_crossings(trajectories, table, blob_identity, max_snap_distance=40,
+                                       body_radius=radius)
+    assert was_filled.sum() == 2 * 26  # both animals, in every frame of the merged blob
+    assert np.linalg.norm(snapped - true_xy, axis=2)[was_filled].mean() > 0.9 * radius
+    assert np.linalg.norm(settled - true_xy, axis=2).max() < 0.25 * radius

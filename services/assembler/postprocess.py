@@ -7,7 +7,11 @@
    and is not worn by a coexisting fragment, or left unidentified.
 3. Crossings: an animal inside a crossing has no blob of its own. Its position is interpolated
    between where it was last and next seen alone and snapped onto the blob it must be in, so
-   trajectories have no gaps where the animal is visible before and after.
+   trajectories have no gaps where the animal is visible before and after. It is then settled
+   onto its own share of the blob: the animals in one blob divide its pixels, each taking those
+   nearer to it than to the others, and each moves to the centroid of its share within a body's
+   reach — a straight line between two sightings misses an animal that turned as it met another,
+   but its body still fills part of the blob.
 """
 
 from __future__ import annotations
@@ -124,14 +128,19 @@ def _next_suspect(jumps: list[tuple[int, int]], n_images: np.ndarray, done: set[
     return -1
 
 
-def _nearest_pixel(table: BlobTable, row: int, point: np.ndarray) -> tuple[np.ndarray, float]:
-    """The blob's pixel nearest to ``point`` (the point itself when inside) and its distance."""
+def _pixels(table: BlobTable, row: int) -> tuple[np.ndarray, np.ndarray]:
+    """x and y of the blob's pixels (its bounding box when it carries no mask)."""
     x0, y0, x1, y1 = (int(v) for v in table.bbox[row])
     if table.mask_offsets[row] == table.mask_offsets[row + 1]:
         ys, xs = np.mgrid[y0:y1, x0:x1].reshape(2, -1)
-    else:
-        ys, xs = np.nonzero(table.mask(row))
-        xs, ys = xs + x0, ys + y0
+        return xs, ys
+    ys, xs = np.nonzero(table.mask(row))
+    return xs + x0, ys + y0
+
+
+def _nearest_pixel(table: BlobTable, row: int, point: np.ndarray) -> tuple[np.ndarray, float]:
+    """The blob's pixel nearest to ``point`` (the point itself when inside) and its distance."""
+    xs, ys = _pixels(table, row)
     px, py = int(round(point[0])), int(round(point[1]))
     inside = np.any((xs == px) & (ys == py))
     if inside:
@@ -147,6 +156,7 @@ def interpolate_crossings(
     blob_identity: np.ndarray,
     first_frame: int = 0,
     max_snap_distance: float = np.inf,
+    body_radius: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Fill each identity's gaps between two known positions (notes §6.3, without erosion).
 
@@ -157,7 +167,8 @@ def interpolate_crossings(
     Before an identity's first known position and after its last (animals still in a crossing when
     the video starts or ends) there is no other side to interpolate from: the animal follows the
     free blob it is snapped onto, frame by frame, from its first or last known position, until
-    no free blob is near enough.
+    no free blob is near enough. With a ``body_radius`` the snapped animals are then settled onto
+    their shares of their blobs (:func:`settle_in_blob`).
 
     Returns the filled trajectories and bool [F, N] marking the filled entries.
     """
@@ -166,14 +177,20 @@ def interpolate_crossings(
     filled = np.zeros((n_frames, n_animals), bool)
     starts = table.frame_slices(first_frame, n_frames)
     free = np.asarray(blob_identity) < 0
+    snapped_to: dict[tuple[int, int], list[int]] = {}  # (frame, blob row) -> animals put there
 
-    def snap(f: int, guess: np.ndarray) -> np.ndarray | None:
+    def fill(f: int, k: int, guess: np.ndarray) -> bool:
         rows = np.arange(starts[f], starts[f + 1])
         rows = rows[free[rows]]
         if len(rows) == 0:
-            return None
-        point, distance = min((_nearest_pixel(table, int(r), guess) for r in rows), key=lambda s: s[1])
-        return point if distance <= max_snap_distance else None
+            return False
+        (point, distance), row = min(((_nearest_pixel(table, int(r), guess), int(r)) for r in rows),
+                                     key=lambda s: s[0][1])
+        if distance > max_snap_distance:
+            return False
+        trajectories[f, k], filled[f, k] = point, True
+        snapped_to.setdefault((f, row), []).append(k)
+        return True
 
     for k in range(n_animals):
         known = np.flatnonzero(~np.isnan(trajectories[:, k, 0]))
@@ -182,14 +199,37 @@ def interpolate_crossings(
         for a, b in zip(known[:-1], known[1:], strict=True):
             for f in range(a + 1, b):
                 w = (f - a) / (b - a)
-                point = snap(f, (1 - w) * trajectories[a, k] + w * trajectories[b, k])
-                if point is not None:
-                    trajectories[f, k], filled[f, k] = point, True
+                fill(f, k, (1 - w) * trajectories[a, k] + w * trajectories[b, k])
         for edge in (range(known[0] - 1, -1, -1), range(known[-1] + 1, n_frames)):
             for f in edge:
                 previous = f + 1 if f < known[0] else f - 1
-                point = snap(f, trajectories[previous, k])
-                if point is None:
+                if not fill(f, k, trajectories[previous, k]):
                     break
-                trajectories[f, k], filled[f, k] = point, True
+    if body_radius > 0:
+        for (f, row), animals in snapped_to.items():
+            trajectories[f, animals] = settle_in_blob(*_pixels(table, row), trajectories[f, animals], body_radius)
     return trajectories, filled
+
+
+#: rounds of dividing a crossing's pixels and moving each animal to its share's centroid
+SETTLE_ROUNDS = 3
+
+
+def settle_in_blob(xs: np.ndarray, ys: np.ndarray, points: np.ndarray, body_radius: float) -> np.ndarray:
+    """Move the animals put in one blob to the centroids of their shares of its pixels: float [m, 2].
+
+    Each pixel belongs to the nearest animal, and each animal moves to the centroid of its pixels
+    within ``body_radius`` (a few rounds). The reach keeps an animal on its own body where the blob
+    also holds an animal with no position here, and the division keeps two animals from settling
+    onto one body.
+    """
+    pixels = np.stack([xs, ys], axis=1).astype(np.float64)
+    points = np.asarray(points, np.float64).copy()
+    for _ in range(SETTLE_ROUNDS):
+        distance = np.linalg.norm(pixels[:, None, :] - points[None, :, :], axis=2)
+        owner = distance.argmin(axis=1)
+        for j in range(len(points)):
+            share = (owner == j) & (distance[:, j] <= body_radius)
+            if share.any():
+                points[j] = pixels[share].mean(axis=0)
+    return points

@@ -187,9 +187,10 @@ def track(
     filled = np.zeros((n_frames, n_animals), bool)
     if identities and n_animals > 1:
         with stage("Crossings solver"):
-            reach = max(threshold if np.isfinite(threshold) else 0.0, _half_body_length(table, n_animals))
+            body = _half_body_length(table, n_animals)
+            reach = max(threshold if np.isfinite(threshold) else 0.0, body)
             trajectories, filled = interpolate_crossings(
-                trajectories, table, blob_identity, first_frame, max_snap_distance=reach
+                trajectories, table, blob_identity, first_frame, max_snap_distance=reach, body_radius=body
             )
             n_filled = int(filled.sum())
 
