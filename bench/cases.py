@@ -67,15 +67,20 @@ CASES: dict[str, Case] = {c.name: c for c in [
                ("debris", 12), ("codec", "mjpg"), ("quality", 40))),
     Case("juveniles14", "fish", 14, 200, 524, 338, seed=33,
          hard=(("body_length", 15.0), ("dark_ends", 0.2), ("vignette", 0.2), ("codec", "mp4v"))),
+    Case("guppies8", "fish", 8, 200, 1152, 1152, seed=41,
+         hard=(("body_length", 22.0), ("schooling", 0.95), ("vignette", 0.4), ("light_gradient", 0.6),
+               ("debris", 20), ("codec", "mjpg"), ("quality", 25))),
+    Case("dustyflies6", "flies", 6, 300, 600, 600, seed=43,
+         hard=(("body_length", 18.0), ("light_animals", True), ("debris", 60), ("light_gradient", 0.5),
+               ("codec", "h264"), ("bitrate", 800.0))),
     Case("resting5", "flies", 5, 1000, 500, 500, seed=34, hard=(("resting", 0.6), ("debris", 10))),
     Case("whiteblack2", "mice", 2, 300, 512, 384, seed=35,
          hard=(("mixed_coats", True), ("resting", 0.8), ("debris", 10), ("codec", "mp4v"))),
 ]}
 DEFAULT_CASES = ("fish4", "fish8", "flies10", "fish20", "mice", "nogf")
 """`long` (20 000 frames) and the hard cases run only when asked for by name."""
-HARD_CASES = ("real_flies2", "school8", "juveniles14", "resting5", "whiteblack2")
-"""Simulated the way real recordings differ (issue 20): `--cases real_flies2,school8,juveniles14,resting5,whiteblack2`
-(the hard cases' names)."""
+HARD_CASES = ("real_flies2", "school8", "juveniles14", "guppies8", "dustyflies6", "resting5", "whiteblack2")
+"""Simulated the way real recordings differ (issue 20): `--cases` with these names runs them."""
 
 SCALING_SEED = 21
 
