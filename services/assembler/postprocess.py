@@ -184,8 +184,8 @@ def interpolate_crossings(
         rows = rows[free[rows]]
         if len(rows) == 0:
             return False
-        (point, distance), row = min(((_nearest_pixel(table, int(r), guess), int(r)) for r in rows),
-                                     key=lambda s: s[0][1])
+        point, distance, row = min(((*_nearest_pixel(table, int(r), guess), int(r)) for r in rows),
+                                   key=lambda candidate: candidate[1])
         if distance > max_snap_distance:
             return False
         trajectories[f, k], filled[f, k] = point, True

@@ -185,9 +185,9 @@ def track(
         areas = identity_areas(table, blob_identity, n_frames, n_animals, first_frame)
     n_filled = 0
     filled = np.zeros((n_frames, n_animals), bool)
+    body = _half_body_length(table, n_animals)  # snap reach, settling reach and interpolation's hit radius
     if identities and n_animals > 1:
         with stage("Crossings solver"):
-            body = _half_body_length(table, n_animals)
             reach = max(threshold if np.isfinite(threshold) else 0.0, body)
             trajectories, filled = interpolate_crossings(
                 trajectories, table, blob_identity, first_frame, max_snap_distance=reach, body_radius=body
@@ -201,7 +201,7 @@ def track(
         own = np.flatnonzero(blob_identity >= 0)
         blob_confidence = np.full((n_frames, n_animals), np.nan)
         blob_confidence[table.frame[own] - first_frame, blob_identity[own]] = confidence[blob_fragment[own]]
-        success = interpolation_success(fragments, table, _half_body_length(table, n_animals))
+        success = interpolation_success(fragments, table, body)
         accuracy = estimated_accuracy(blob_confidence, filled, success)
         evidence = Evidence(n_frames, len(global_fragments), silhouette, reliability, tau,
                             float(np.isfinite(blob_confidence).mean()) if blob_confidence.size else 0.0,
