@@ -16,11 +16,13 @@ identity is right, the share a lab measures when it proofreads a clip. Three pie
    Where motion alone is sure two fragments are one animal, the model must find "same animal"
    likely, and where two fragments share a frame, unlikely: τ is raised until it best explains
    those witnesses, which catches the errors a whole fragment shares (a look-alike, clusters that
-   are not the animals), which no count of its own votes can.
-3. **Frames without an own blob.** Animals interpolated through a crossing are right when the
-   interpolation falls within half a body length of them; the chance for a gap of g frames is
-   measured by interpolating over g held-out frames of the video's own individual fragments.
-   Animal-frames with no position count as wrong.
+   are not the animals), which no count of its own votes can. And a tracklet joined to its
+   reference only by assignment is at most as sure as assignment is where the answer is known:
+   motion-sure links held out one at a time show how often an identity breaks there.
+3. **Frames without an own blob.** Animals interpolated through a crossing are right when both
+   ends of the run are and the interpolation falls within half a body length of them; the chance
+   for a gap of g frames is measured by interpolating over g held-out frames of the video's own
+   individual fragments. Animal-frames with no position count as wrong.
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from services.assembler.assignment import assign_tracklets
 from services.assembler.fragments import Fragment
-from services.assembler.motion import MIN_LINK_ODDS
+from services.assembler.motion import MIN_LINK_ODDS, tracklets
 from shoal.blobs import BlobTable
 
 #: per-image accuracy is never taken as perfect: the estimate must stay finite and honest
@@ -41,6 +44,8 @@ MIN_IMAGES_FOR_RELIABILITY = 8
 MIN_CALIBRATION_LINKS = 3
 LINK_ERROR = 1.0 / MIN_LINK_ODDS
 TAU_GRID = (1.0, 1.5, 2.0, 3.0, 5.0, 8.0, 13.0, 20.0, 30.0, 50.0, 80.0)
+#: motion-sure links held out, at most, to test assignment across a boundary
+MAX_HELD_OUT_LINKS = 24
 #: longest gap at which interpolation is tried out on held-out frames
 MAX_MEASURED_GAP = 30
 
@@ -64,8 +69,12 @@ def vote_reliability(image_votes: list[np.ndarray], n_animals: int) -> tuple[flo
     return a, (1 + rho) / (1 - rho)
 
 
-def tempered_p1(votes: np.ndarray, a: float, tau: float) -> np.ndarray:
-    """Posterior identity probabilities of each row of vote counts under the symmetric confusion model."""
+def tempered_p1(votes: np.ndarray, a: float, tau: float, q: float = 0.0) -> np.ndarray:
+    """Posterior identity probabilities of each row of vote counts under the symmetric confusion model.
+
+    ``q``: the chance that a row's label as a whole belongs to no particular animal, which no number
+    of its votes can rule out.
+    """
     votes = np.asarray(votes, np.float64)
     n_ids = votes.shape[1]
     a = float(np.clip(a, 1.0 / n_ids + 1e-6, MAX_IMAGE_ACCURACY))
@@ -73,7 +82,7 @@ def tempered_p1(votes: np.ndarray, a: float, tau: float) -> np.ndarray:
     log_p = votes * weight
     log_p -= log_p.max(axis=1, keepdims=True)
     p = np.exp(log_p)
-    return p / p.sum(axis=1, keepdims=True)
+    return (1 - q) * p / p.sum(axis=1, keepdims=True) + q / n_ids
 
 
 def _witness_log_likelihood(p1: np.ndarray, pairs: tuple[np.ndarray, np.ndarray], together: bool) -> float:
@@ -116,6 +125,42 @@ def calibrate_to_evidence(next_fragment: np.ndarray, coexistence: list[np.ndarra
     return best_tau
 
 
+def held_out_break_rate(fragments: list[Fragment], votes: np.ndarray, assigned_next: np.ndarray | None,
+                        witness_next: np.ndarray, coexistence: list[np.ndarray], n_animals: int) -> float:
+    """How often assignment breaks an identity at a boundary that motion does not bridge for it.
+
+    Motion-sure links (``witness_next``) show where the answer is known. Each one that assignment
+    used (``assigned_next``; every one when assignment used no links) is held out in turn, at most
+    MAX_HELD_OUT_LINKS of them spread over the video: the fragments are assigned again without it,
+    and the link is broken when its two sides end up with different identities (or none). This
+    tests the whole procedure, appearance and coexistence together, on sides with at least
+    MIN_IMAGES_FOR_RELIABILITY images each, the tracklets that carry identities (a scrap of two
+    images says little about them). A motion link that appearance vetoed is no witness: one of
+    the two is wrong, and on a good video it is the motion. The share broken, beyond what wrong
+    links explain, is the chance that an identity does not survive a boundary that only
+    assignment joins; with fewer than MIN_CALIBRATION_LINKS such links it is taken as 0.
+    """
+    n_images = np.array([f.n_images for f in fragments], np.float64)
+    chained = assigned_next if assigned_next is not None else np.full(len(fragments), -1, np.int64)
+    e = np.flatnonzero(witness_next >= 0)
+    if assigned_next is not None:
+        e = e[assigned_next[e] == witness_next[e]]
+    broken, held_out = [], None
+    for i in e[np.unique(np.linspace(0, len(e) - 1, min(len(e), MAX_HELD_OUT_LINKS)).astype(np.int64))]:
+        j = witness_next[i]
+        cut = chained.copy()
+        cut[i] = -1
+        parts = tracklets(cut)
+        if min(n_images[parts == parts[i]].sum(), n_images[parts == parts[j]].sum()) < MIN_IMAGES_FOR_RELIABILITY:
+            continue
+        if held_out is None or assigned_next is not None:  # without links, every cut leaves the same tracklets
+            held_out = assign_tracklets(fragments, votes, parts, coexistence, n_animals).identity
+        broken.append(held_out[i] < 0 or held_out[i] != held_out[j])
+    if len(broken) < MIN_CALIBRATION_LINKS:
+        return 0.0
+    return max(float(np.mean(broken)) - LINK_ERROR, 0.0)
+
+
 def tracklet_confidence(
     fragments: list[Fragment],
     identity: np.ndarray,
@@ -124,6 +169,7 @@ def tracklet_confidence(
     coexistence: list[np.ndarray],
     a: float,
     tau: float,
+    broken: float = 0.0,
 ) -> np.ndarray:
     """Probability that each fragment's identity is right (0 for crossings and unassigned): float [k].
 
@@ -133,7 +179,10 @@ def tracklet_confidence(
     that *reference*: under the confusion model its chance is ``Σ_j p_T(j) p_ref(j)``, normalised
     over the references of every identity it could be (not those it coexists with). A chance
     below one half counts as 0: the evidence does not back that identity. A reference is itself
-    only as sure as it is another animal than the larger references it never meets.
+    only as sure as it is another animal than the larger references it never meets. ``broken``
+    (:func:`held_out_break_rate`) bounds both: a non-reference tracklet counts at most ``1 −
+    broken`` times its reference's chance, and a share ``broken`` of labels is taken to name no
+    particular animal when references are told apart.
     """
     k = len(fragments)
     individual = np.array([f.is_individual for f in fragments], bool)
@@ -155,7 +204,7 @@ def tracklet_confidence(
     np.add.at(carried, (t_of[assigned], identity[assigned]), [fragments[i].n_images for i in assigned])
     reference = np.where(carried.max(axis=0) > 0, carried.argmax(axis=0), -1)
     has_reference = np.flatnonzero(reference >= 0)
-    distinct = _distinct_references(reference, carried, p1, coexists)
+    distinct = _distinct_references(reference, carried, tempered_p1(pooled, a, tau, broken), coexists)
     for i in assigned:
         t, ident = t_of[i], identity[i]
         if reference[ident] == t:
@@ -166,7 +215,7 @@ def tracklet_confidence(
         total = sum(same.values())
         chance = same.get(ident, 0.0) / total if total > 0 else 0.0
         # an identity the evidence makes less likely than not is no answer to vouch for
-        confidence[i] = chance if chance > 0.5 else 0.0
+        confidence[i] = min(chance, 1 - broken) * distinct[ident] if chance > 0.5 else 0.0
     return confidence
 
 
@@ -226,8 +275,10 @@ def estimated_accuracy(blob_confidence_frames: np.ndarray, filled: np.ndarray, s
 
     ``blob_confidence_frames``: float [F, N], the confidence of the identity's own blob in that
     frame, NaN where the identity has no blob; ``filled``: bool [F, N], positions interpolated
-    through crossings (each counts as the identity's mean confidence × the interpolation's success
-    for its gap, :func:`interpolation_success`).
+    through crossings. An interpolated run is as right as the blobs at its two ends, each vouching
+    more for the frames nearer it (a wrong end puts the run on another animal), times the share of
+    interpolations that land for a gap that long (:func:`interpolation_success`); a run with one
+    end seen takes that end's confidence, with none the identity's mean.
     """
     conf = np.asarray(blob_confidence_frames, np.float64)
     n_frames, n_ids = conf.shape
@@ -235,20 +286,21 @@ def estimated_accuracy(blob_confidence_frames: np.ndarray, filled: np.ndarray, s
         return float("nan")
     total = np.nansum(conf)
     for k in range(n_ids):
-        runs = _runs(filled[:, k])
-        if not len(runs):
-            continue
         own = conf[:, k]
         mean_conf = float(np.nanmean(own)) if np.isfinite(own).any() else 0.0
-        total += mean_conf * float(np.sum(runs * success[np.minimum(runs, len(success) - 1)]))
+        for start, stop in _run_bounds(filled[:, k]):
+            ends = [own[i] for i in (start - 1, stop) if 0 <= i < n_frames and np.isfinite(own[i])]
+            gap = stop - start
+            vouched = float(np.mean(ends)) if ends else mean_conf
+            total += vouched * gap * float(success[min(gap, len(success) - 1)])
     return float(total / conf.size)
 
 
-def _runs(flags: np.ndarray) -> np.ndarray:
-    """Lengths of the runs of True in a bool vector."""
+def _run_bounds(flags: np.ndarray) -> list[tuple[int, int]]:
+    """[start, stop) of each run of True in a bool vector."""
     padded = np.concatenate([[0], np.asarray(flags, np.int8), [0]])
     edges = np.flatnonzero(np.diff(padded))
-    return edges[1::2] - edges[::2]
+    return list(zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True))
 
 
 #: below this estimate a run is doubtful and says why
@@ -266,6 +318,7 @@ class Evidence:
     tau: float  # votes count as 1/τ of independent ones
     own_blob_share: float  # animal-frames where the identity has a blob of its own
     motion_raised_tau: bool  # motion-sure links showed appearance errors whole fragments share
+    held_out_broken: float = 0.0  # share of motion-sure links held out at which identities broke
 
 
 def doubt(estimate: float, apart: float, evidence: Evidence) -> str | None:
@@ -289,6 +342,10 @@ def doubt(estimate: float, apart: float, evidence: Evidence) -> str | None:
         tries.append("a higher resolution or larger id_image_size, and less compression")
     if evidence.motion_raised_tau:
         reasons.append("motion contradicts appearance at some crossings (look-alike animals)")
+    if evidence.held_out_broken >= 0.05:
+        reasons.append(f"identities broke at {evidence.held_out_broken:.0%} of the crossings where motion shows "
+                       "the truth (the network's labels change meaning over the clip)")
+        tries.append("more even lighting and less compression")
     if evidence.own_blob_share < 0.8:
         reasons.append(f"animals are apart only {evidence.own_blob_share:.0%} of the time (many or long crossings)")
         tries.append("thresholds that split touching animals (a higher intensity threshold)")

@@ -22,6 +22,7 @@ from services.assembler.estimate import (
     calibrate_to_evidence,
     doubt,
     estimated_accuracy,
+    held_out_break_rate,
     interpolation_success,
     tracklet_confidence,
     vote_reliability,
@@ -130,7 +131,7 @@ def track(
     corrected: list[int] = []
     reply = IdentityReply(probabilities=np.zeros((0, n_animals)), method=method)
     confidence = np.array([float(f.is_individual) for f in fragments])  # P(identity right), per fragment
-    reliability, tau, tau_runs = 1.0, 1.0, 1.0
+    reliability, tau, tau_runs, broken = 1.0, 1.0, 1.0, 0.0
 
     if not identities:
         route = "no identities"
@@ -168,11 +169,13 @@ def track(
             # motion alone, whether or not it helped assign: an independent witness of appearance
             by_motion = link_fragments(fragments, blob_fragment, links, table).next_fragment
             tau = calibrate_to_evidence(by_motion, neighbours, votes, reliability, tau_runs)
-            confidence = tracklet_confidence(fragments, identity, tracklet, votes, neighbours, reliability, tau)
+            assigned_next = chained.next_fragment if chained is not None else None
+            broken = held_out_break_rate(fragments, votes, assigned_next, by_motion, neighbours, n_animals)
+            confidence = tracklet_confidence(fragments, identity, tracklet, votes, neighbours, reliability, tau,
+                                             broken)
             notes.append(f"appearance: {reliability:.1%} of images vote for their fragment's majority; "
                          f"votes count as 1/{tau:g} of independent ones (vote runs, motion-sure links, "
-                         f"coexisting fragments)")
-
+                         f"coexisting fragments); identities broke at {broken:.0%} of motion-sure links held out")
 
     with stage("Trajectories creation"):
         identity = assignment.identity
@@ -205,7 +208,7 @@ def track(
         accuracy = estimated_accuracy(blob_confidence, filled, success)
         evidence = Evidence(n_frames, len(global_fragments), silhouette, reliability, tau,
                             float(np.isfinite(blob_confidence).mean()) if blob_confidence.size else 0.0,
-                            tau > tau_runs)
+                            tau > tau_runs, broken)
         apart = float(np.nanmean(blob_confidence)) if np.isfinite(blob_confidence).any() else float("nan")
         doubtful = doubt(accuracy, apart, evidence) if n_animals > 1 else None
         if doubtful:
