@@ -12,7 +12,8 @@ import tomllib
 from pathlib import Path
 
 from shoal.nwb import check_nwb_metadata, nwb_metadata
-from shoal.session import NO_SPECIES, load_session, trajectories_dict, write_trajectories
+from shoal.session import load_session
+from shoal.trajectory_files import NO_SPECIES, trajectories_dict, write_trajectories
 
 
 class ExportError(Exception):

@@ -17,7 +17,7 @@ import numpy as np
 from shoal.nwb import check_nwb_metadata
 
 METHODS = ("contrastive", "accumulation")
-#: trajectory files a job can write (shoal/session.py); sleap and nwb open in SLEAP, sleap-io and movement
+#: trajectory files a job can write (shoal/trajectory_files.py); sleap and nwb open in SLEAP, sleap-io and movement
 TRAJECTORY_FORMATS = ("npy", "h5", "csv", "csv_tidy", "sleap", "nwb")
 #: what a job writes when it names no formats (idtracker.ai's three)
 DEFAULT_FORMATS = ("npy", "h5", "csv")

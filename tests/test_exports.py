@@ -184,9 +184,9 @@ def test_export_refuses_what_it_cannot_do_in_one_line(session: Path, tmp_path: P
     one_line(code, err, "session_start_time", "needs a time zone")
     assert not (tmp_path / "x").exists()
 
-    import shoal.session
+    import shoal.trajectory_files
 
-    monkeypatch.setattr(shoal.session, "nwb_available", lambda: False)  # as without the nwb extra
+    monkeypatch.setattr(shoal.trajectory_files, "nwb_available", lambda: False)  # as without the nwb extra
     code, _, err = _export(str(session), "--format", "nwb", "--out", str(tmp_path / "y"), capsys=capsys)
     one_line(code, err, "pip install 'shoal[nwb]'")
     code = main(["track", str(session.parent / "video" / "video.avi"), "--animals", "2", "--formats", "nwb",

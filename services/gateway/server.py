@@ -24,7 +24,8 @@ import numpy as np
 
 from shoal.knowledge import check_compatible, model_info
 from shoal.params import ParamError, TrackingParams
-from shoal.session import check_formats, shoal_entries
+from shoal.session import shoal_entries
+from shoal.trajectory_files import check_formats
 from shoal.v1 import jobs_pb2 as pb
 from shoal.v1 import jobs_pb2_grpc as pb_grpc
 from shoal.video import VideoError, probe_video

@@ -103,7 +103,7 @@ def check_locally(params: TrackingParams) -> None:
             mask = roi_mask(params.roi_list, info.width, info.height)
     except (VideoError, RoiError) as exc:
         raise UsageError(str(exc)) from None
-    from shoal.session import check_formats
+    from shoal.trajectory_files import check_formats
 
     try:
         check_formats(params.trajectories_formats)

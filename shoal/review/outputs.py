@@ -25,7 +25,8 @@ from shoal.review.corrections import (
     CorrectionLog,
     apply_corrections,
 )
-from shoal.session import load_session, trajectories_dict, write_trajectories
+from shoal.session import load_session
+from shoal.trajectory_files import trajectories_dict, write_trajectories
 
 log = logging.getLogger(__name__)
 
