@@ -3,27 +3,22 @@
 A session is one or more video files played one after the other; Shoal addresses frames by a
 *global* index over the concatenation, as idtracker.ai does (method notes §2.1). This module is the
 only place that talks to OpenCV's video I/O, so the algorithm modules only ever see grey uint8
-arrays. Work is split into chunks ("episodes" in idtracker.ai) that never span two files, so every
-worker decodes from a single file and seeks once.
+arrays. Work is split into chunks ("episodes" in idtracker.ai, :mod:`shoal.chunks`) that never
+span two files, so every worker decodes from a single file and seeks once.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import re
 import struct
-import sys
-import tempfile
-import threading
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from itertools import pairwise
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from shoal.decoder_log import DecoderMessages, decoder_log_setting
 
 LOSSLESS_FOURCC: int = cv2.VideoWriter_fourcc(*"FFV1")
 """FFV1 in an .avi container: lossless and intra-only, so frames read back bit-identical and seeking
@@ -42,70 +37,8 @@ _READ_FORWARD_GAP = 16
 decoding a few frames is cheaper than a seek, which restarts decoding at a key frame."""
 
 
-#: a line the decoder (ffmpeg inside OpenCV) writes to stderr, e.g. "[h264 @ 0x55d0c8] error while decoding MB"
-_DECODER_LINE = re.compile(rb"^\[[^\]\n]* @ 0x[0-9a-f]+\] ", re.MULTILINE)
-_decoder_log_set = False
-_capture_lock = threading.Lock()
-
-
 class VideoError(Exception):
     """A video cannot be used; the message says which file and why, in words a user can act on."""
-
-
-@contextmanager
-def _decoder_log_setting() -> Iterator[None]:
-    """Around OpenCV's first use of ffmpeg: silence ffmpeg's own complaints in a process that does not log.
-
-    ffmpeg writes them (``moov atom not found``, ``Slice pointer chain broken``) to stderr. A process
-    that logs (a service, whose stderr is its log) keeps them; in one that does not (the CLI) they
-    would only clutter the terminal beside Shoal's one-line message. ffmpeg reads the setting once;
-    the environment is restored afterwards, so services started from this process decide for themselves.
-    """
-    global _decoder_log_set
-    quiet = not _decoder_log_set and "OPENCV_FFMPEG_LOGLEVEL" not in os.environ and not logging.getLogger().handlers
-    _decoder_log_set = True
-    if quiet:
-        os.environ["OPENCV_FFMPEG_LOGLEVEL"] = "-8"  # AV_LOG_QUIET
-    try:
-        yield
-    finally:
-        if quiet:
-            os.environ.pop("OPENCV_FFMPEG_LOGLEVEL", None)
-
-
-class _DecoderMessages:
-    """Collects what is written to stderr (file descriptor 2) while decoding, to tell which reads made
-    the decoder complain; the text is then passed on to stderr unchanged (the service log)."""
-
-    def __enter__(self) -> _DecoderMessages:
-        _capture_lock.acquire()
-        sys.stderr.flush()
-        self._file = tempfile.TemporaryFile()
-        self._saved = os.dup(2)
-        os.dup2(self._file.fileno(), 2)
-        self._seen = 0
-        return self
-
-    def new_complaint(self) -> bool:
-        """Whether the decoder complained since the last call (messages of other threads may count too)."""
-        end = os.lseek(self._file.fileno(), 0, os.SEEK_END)
-        if end == self._seen:
-            return False
-        text = os.pread(self._file.fileno(), end - self._seen, self._seen)
-        self._seen = end
-        return bool(_DECODER_LINE.search(text))
-
-    def __exit__(self, *exc) -> None:
-        try:
-            sys.stderr.flush()
-            os.dup2(self._saved, 2)
-            os.close(self._saved)
-            size = os.lseek(self._file.fileno(), 0, os.SEEK_END)
-            if size:
-                os.write(2, os.pread(self._file.fileno(), size, 0))
-            self._file.close()
-        finally:
-            _capture_lock.release()
 
 
 @dataclass
@@ -133,7 +66,7 @@ def _open(path: str) -> cv2.VideoCapture:
         raise VideoError(f"cannot open video {path}: file does not exist")
     if not os.path.isfile(path):
         raise VideoError(f"cannot open video {path}: not a regular file")
-    with _decoder_log_setting():
+    with decoder_log_setting():
         capture = cv2.VideoCapture(path)
     if not capture.isOpened():
         damage = _mp4_damage(path)
@@ -393,7 +326,7 @@ def decode_sample(info: VideoInfo, indices: Iterable[int]) -> Sample:
     frames = np.zeros((len(indices), info.height, info.width), dtype=np.uint8)
     files = np.array([info.file_of(int(i)) for i in indices], dtype=int)
     failed, complained = [], []
-    with _DecoderMessages() as decoder:
+    with DecoderMessages() as decoder:
         for file_index in np.unique(files):
             path = info.paths[file_index]
             file_start = info.file_starts[file_index]
@@ -432,37 +365,6 @@ def decode_sample(info: VideoInfo, indices: Iterable[int]) -> Sample:
     return Sample(frames, sorted(failed), sorted(set(complained)))
 
 
-def chunk_ranges(
-    info: VideoInfo, frames_per_chunk: int = 500, intervals: list[tuple[int, int]] | None = None
-) -> list[tuple[int, int]]:
-    """Split the tracked frames into [start, stop) chunks of about `frames_per_chunk` frames.
-
-    Chunk boundaries are the union of file boundaries and tracking-interval boundaries; each piece
-    is then cut into n = int(len / (frames_per_chunk + 1)) + 1 near-equal parts, as idtracker.ai
-    builds its episodes (method notes §2.1). Overlapping intervals are merged.
-    """
-    if frames_per_chunk < 1:
-        raise ValueError(f"frames_per_chunk must be at least 1, got {frames_per_chunk}")
-    if intervals is None:
-        intervals = [(0, info.n_frames)]
-    tracked = np.zeros(info.n_frames + 1, dtype=bool)
-    for start, stop in intervals:
-        if start < 0 or stop <= start:
-            raise ValueError(f"tracking interval [{start}, {stop}) is empty or negative")
-        tracked[start:min(stop, info.n_frames)] = True
-    tracked[-1] = False
-    edges = np.flatnonzero(np.diff(np.concatenate([[False], tracked]).astype(np.int8)))
-    boundaries = set(info.file_starts[1:])
-    chunks = []
-    for start, stop in zip(edges[::2], edges[1::2], strict=True):
-        cuts = sorted({int(start), int(stop)} | {b for b in boundaries if start < b < stop})
-        for piece_start, piece_stop in pairwise(cuts):
-            n = int((piece_stop - piece_start) / (frames_per_chunk + 1)) + 1
-            bounds = np.linspace(piece_start, piece_stop, n + 1).astype(int)
-            chunks.extend((int(a), int(b)) for a, b in pairwise(bounds))
-    return chunks
-
-
 def write_video(
     path: str | Path, frames: Iterable[np.ndarray], fps: float, fourcc: int = LOSSLESS_FOURCC
 ) -> Path:
@@ -480,7 +382,7 @@ def write_video(
                                  "expected grey uint8 [H, W]")
             if writer is None:
                 size = frame.shape
-                with _decoder_log_setting():
+                with decoder_log_setting():
                     writer = cv2.VideoWriter(str(path), fourcc, float(fps), size[::-1], isColor=False)
                 if not writer.isOpened():
                     raise VideoError(f"cannot write video {path}: no encoder for this codec, or no write access")

@@ -2,11 +2,11 @@ import cv2
 import numpy as np
 import pytest
 
+from shoal.chunks import chunk_ranges
 from shoal.video import (
     LOSSLESS_SUFFIX,
     UNCOMPRESSED_FOURCC,
     VideoError,
-    chunk_ranges,
     probe_video,
     read_frame,
     read_frames,

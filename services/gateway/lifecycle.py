@@ -22,9 +22,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from shoal.chunks import chunk_ranges
 from shoal.codec import Message
 from shoal.v1 import INVALID_INPUT
-from shoal.video import VideoError, chunk_ranges, probe_video
+from shoal.video import VideoError, probe_video
 
 from . import metrics
 from .dispatch import choose_segmenter, in_flight, next_task
