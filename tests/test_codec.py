@@ -10,7 +10,7 @@ import pytest
 import zmq
 
 from shoal.codec import VERSION, CodecError, Message, decode, encode, pack, unpack
-from shoal.learning import CrossingReply, CrossingRequest, IdentityReply, IdentityRequest
+from shoal.identity_requests import CrossingReply, CrossingRequest, IdentityReply, IdentityRequest
 
 
 def _roundtrip(msg: Message) -> Message:

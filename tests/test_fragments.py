@@ -9,7 +9,7 @@ from services.assembler.crossings import area_rule, classify_crossings, sure_lab
 from services.assembler.fragments import Fragment, build_fragments, coexistence
 from services.assembler.global_fragments import find_global_fragments
 from services.assembler.overlap import overlap_links
-from shoal.learning import CrossingReply
+from shoal.identity_requests import CrossingReply
 from tests.blob_scenes import crossing_scene, table_from_discs, true_animals
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from services.identifier.learning import LocalIdentifier
-from shoal.learning import CrossingRequest, IdentityRequest
+from shoal.identity_requests import CrossingRequest, IdentityRequest
 
 SIDE = 32
 

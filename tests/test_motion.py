@@ -15,7 +15,7 @@ from services.assembler.motion import boundaries, link_fragments, prediction_err
 from services.assembler.overlap import overlap_links
 from services.assembler.track import track
 from shoal.evaluate import evaluate
-from shoal.learning import CrossingReply, IdentityReply
+from shoal.identity_requests import CrossingReply, IdentityReply
 from tests.blob_scenes import table_from_discs, true_animals
 
 

@@ -7,7 +7,7 @@ from services.assembler.fragments import Fragment
 from services.assembler.overlap import overlap_links
 from services.assembler.slots import assign_slots, max_blobs_per_frame
 from services.assembler.track import track
-from shoal.learning import CrossingReply, IdentityReply
+from shoal.identity_requests import CrossingReply, IdentityReply
 from tests.blob_scenes import crossing_scene, table_from_discs, true_animals
 
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from services.assembler.overlap import link_degrees
 from shoal.blobs import BlobTable, blobs_per_frame_of_blob, solo_frame_rows
-from shoal.learning import CrossingRequest, IdentifierClient, Progress
+from shoal.identity_requests import CrossingRequest, IdentifierClient, Progress
 
 #: A blob this many standard deviations above the median single-animal area seems a crossing.
 AREA_SD_TOLERANCE = 4.0

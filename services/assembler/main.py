@@ -27,8 +27,8 @@ from shoal import __version__, curve
 from shoal.blobs import BlobTable, concat
 from shoal.codec import Message, pack, unpack
 from shoal.config import parse_config
+from shoal.identity_requests import CrossingReply, CrossingRequest, IdentityReply, IdentityRequest, Progress
 from shoal.knowledge import MODEL_FILE, read_model
-from shoal.learning import CrossingReply, CrossingRequest, IdentityReply, IdentityRequest, Progress
 from shoal.params import ParamError, TrackingParams
 from shoal.session import (
     BACKGROUND_FILE,
@@ -81,7 +81,7 @@ class AssemblerConfig:
 
 
 class RemoteIdentifier:
-    """:class:`shoal.learning.IdentifierClient` over ZeroMQ (DEALER to the identifier's ROUTER).
+    """:class:`shoal.identity_requests.IdentifierClient` over ZeroMQ (DEALER to the identifier's ROUTER).
 
     ``endpoint`` is asked again while a call waits: when the gateway moves the job to a new
     identifier (the old one was lost), the request is sent again there; the new identifier reads the

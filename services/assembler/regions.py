@@ -15,7 +15,7 @@ import dataclasses
 import numpy as np
 
 from shoal.blobs import BlobTable
-from shoal.learning import (
+from shoal.identity_requests import (
     CrossingReply,
     CrossingRequest,
     IdentifierClient,

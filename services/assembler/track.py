@@ -34,7 +34,7 @@ from services.assembler.postprocess import correct_impossible_jumps, interpolate
 from services.assembler.slots import assign_slots, max_blobs_per_frame
 from services.assembler.trajectories import build_trajectories, identity_areas
 from shoal.blobs import BlobTable, blobs_per_frame_of_blob
-from shoal.learning import IdentifierClient, IdentityReply, IdentityRequest, Progress
+from shoal.identity_requests import IdentifierClient, IdentityReply, IdentityRequest, Progress
 from shoal.votes import fragment_votes
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shoal.learning import Progress
+from shoal.identity_requests import Progress
 from shoal.params import TrackingParams
 from shoal.render import SessionVideos, write_session_videos
 from shoal.session import update_session_json

@@ -18,7 +18,7 @@ import torch
 
 from services.identifier.contrastive import coexisting_pairs
 from services.identifier.networks import IdCNN, predict_probabilities, read_rows, seeded_model, train_classifier
-from shoal.learning import Progress
+from shoal.identity_requests import Progress
 from shoal.votes import certainty, fragment_votes, p1_from_votes
 
 MAX_IMAGES_PER_ANIMAL = 3000

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from services.identifier.networks import EmbeddingNet, apply_in_batches, rotate_half, seeded_model
-from shoal.learning import Progress
+from shoal.identity_requests import Progress
 
 POSITIVE_MARGIN = 1.0
 NEGATIVE_MARGIN = 10.0

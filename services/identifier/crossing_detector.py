@@ -18,7 +18,7 @@ from services.identifier.networks import (
     seeded_model,
     train_classifier,
 )
-from shoal.learning import CrossingReply, CrossingRequest
+from shoal.identity_requests import CrossingReply, CrossingRequest
 
 MIN_EXAMPLES_PER_CLASS = 10
 MAX_EXAMPLES_PER_CLASS = 3000

@@ -1,6 +1,6 @@
 """In-process identifier: crossing detection and identity learning over one job's image store.
 
-Implements :class:`shoal.learning.IdentifierClient`. Identity learning follows idtracker.ai v6
+Implements :class:`shoal.identity_requests.IdentifierClient`. Identity learning follows idtracker.ai v6
 (Torrents et al. 2025; method notes §5.2): the contrastive route first; its per-fragment votes are
 then put through the accumulation acceptance test (certain, unique within each global fragment,
 consistent with coexisting fragments). If at least half of the images in global fragments pass,
@@ -17,7 +17,7 @@ from scipy.optimize import linear_sum_assignment
 from services.identifier import accumulation, contrastive, crossing_detector, transfer
 from services.identifier.accumulation import Fragments
 from services.identifier.networks import pick_device, read_rows
-from shoal.learning import CrossingReply, CrossingRequest, IdentityReply, IdentityRequest, Progress
+from shoal.identity_requests import CrossingReply, CrossingRequest, IdentityReply, IdentityRequest, Progress
 
 MIN_CONTRASTIVE_ACCEPTED = 0.5  # v6 CONTRASTIVE_MIN_ACCUMULATION
 

@@ -33,7 +33,7 @@ from services.worker import run_worker
 from shoal import curve
 from shoal.codec import Message, pack, unpack
 from shoal.config import parse_config
-from shoal.learning import CrossingRequest, IdentityRequest
+from shoal.identity_requests import CrossingRequest, IdentityRequest
 from shoal.transport import DATA_HWM, ControlChannel, bind, connect, make_socket, recv, send
 
 from .image_store import ImageStore
