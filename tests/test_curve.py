@@ -4,6 +4,7 @@ allowed, reaches no service, changes nothing of a running job, and is logged and
 from __future__ import annotations
 
 import re
+import socket
 import time
 import urllib.request
 
@@ -68,17 +69,35 @@ def _refusals_counted(metrics: int, control: str) -> dict[str, float]:
     A plain client that reads the server's CURVE greeting first may close the connection before the
     server has read its own greeting; the server then sees a reset, not a failed handshake, and has
     nothing to count. Under load that race can take every reconnect of one short hello, so the plain
-    hello is sent again (it still must reach nothing) until the gateway has counted one.
+    hello is sent again (it still must reach nothing), then a plain greeting that stays connected
+    until the server hangs up, which the server always reads, until the gateway has counted one.
     """
-    for _ in range(5):
+    for attempt in range(5):
         deadline = time.monotonic() + 2
         while time.monotonic() < deadline:
             refused = _metric(metrics, "shoal_zmq_refused_connections_total")
             if refused.get('{reason="no CURVE"}', 0) >= 1:
                 return refused
             time.sleep(0.2)
-        _rogue_hellos({"control": control}, None)
+        if attempt == 0:
+            _rogue_hellos({"control": control}, None)
+        else:
+            _plain_greeting(control)
     return refused
+
+
+def _plain_greeting(endpoint: str) -> None:
+    """A ZMTP 3.0 greeting with the NULL mechanism (what a ZeroMQ socket without CURVE sends), held
+    open until the server closes the connection, so the server surely reads it."""
+    host, port = endpoint.removeprefix("tcp://").rsplit(":", 1)
+    greeting = b"\xff" + bytes(8) + b"\x7f" + b"\x03\x00" + b"NULL".ljust(20, b"\x00") + b"\x00" + bytes(31)
+    with socket.create_connection((host, int(port)), timeout=5) as conn:
+        conn.sendall(greeting)
+        try:
+            while conn.recv(4096):
+                pass
+        except OSError:
+            pass
 
 
 def _metric(port: int, name: str) -> dict[str, float]:
