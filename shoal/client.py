@@ -15,39 +15,9 @@ import numpy as np
 from tqdm import tqdm
 
 from shoal.params import DEFAULT_FORMATS, TrackingParams
+from shoal.params_proto import params_to_proto
 from shoal.v1 import jobs_pb2 as pb
 from shoal.v1 import jobs_pb2_grpc as pb_grpc
-
-#: TrackingParams fields with a typed field in the proto message; the rest travel in ``extra``
-_TYPED = {"number_of_animals", "intensity_ths", "area_ths", "roi_list", "use_bkg", "background_subtraction_stat",
-          "tracking_intervals", "track_wo_identities", "exclusive_rois", "resolution_reduction", "id_image_size",
-          "check_segmentation", "trajectories_formats", "method", "seed", "frames_per_episode"}
-_DEFAULTS = TrackingParams().to_dict()
-
-
-def params_to_proto(params: TrackingParams) -> pb.TrackingParams:
-    d = params.to_dict()
-    m = pb.TrackingParams(
-        number_of_animals=params.number_of_animals, roi_list=params.roi_list or [], use_bkg=params.use_bkg,
-        background_subtraction_stat=params.background_subtraction_stat,
-        track_wo_identities=params.track_wo_identities, exclusive_rois=params.exclusive_rois,
-        check_segmentation=params.check_segmentation, trajectories_formats=params.trajectories_formats,
-        method=params.method, seed=params.seed, frames_per_episode=params.frames_per_episode,
-        tracking_intervals=[pb.Interval(start=a, end=b) for a, b in params.tracking_intervals or []],
-    )
-    if params.intensity_ths is not None:
-        m.intensity_ths.extend(params.intensity_ths)
-    if params.area_ths is not None:
-        m.area_ths.extend(params.area_ths)
-    if params.resolution_reduction is not None:
-        m.resolution_reduction = params.resolution_reduction
-    if params.id_image_size is not None:
-        m.id_image_size = params.id_image_size
-    for key, value in d.items():
-        if key not in _TYPED and key not in ("video_paths", "output_dir") and value != _DEFAULTS[key]:
-            m.extra[key] = json.dumps(value)
-    return m
-
 
 #: bytes per SubmitUpload data message (the gateway refuses messages over 4 MiB)
 UPLOAD_CHUNK_BYTES = 1 << 20

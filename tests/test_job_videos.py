@@ -12,11 +12,10 @@ import pytest
 
 from services.assembler import videos as job_videos
 from services.gateway.progress import STAGE_WEIGHTS, stage_weights
-from services.gateway.server import params_from_proto
 from shoal.cli import main, parser
 from shoal.cli.flags import build_params
-from shoal.client import params_to_proto
 from shoal.params import ParamError, TrackingParams
+from shoal.params_proto import params_from_proto, params_to_proto
 from shoal.render import write_session_videos
 from shoal.session import write_session
 from shoal.sim import SimulationConfig, write_simulation

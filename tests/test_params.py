@@ -129,8 +129,7 @@ def test_background_threshold_may_exceed_upper_bound_with_bkg():
 
 def test_a_raw_range_that_wraps_is_both_ends_and_survives_every_conversion():
     """[200, 100] without background: pixels >= 200 or <= 100 (a white and a black mouse)."""
-    from services.gateway.server import params_from_proto
-    from shoal.client import params_to_proto
+    from shoal.params_proto import params_from_proto, params_to_proto
 
     params = TrackingParams.from_dict(_valid(intensity_ths=[200, 100])).validate()
     assert params.intensity_ths == (200.0, 100.0)
@@ -159,8 +158,7 @@ def test_to_dict_is_msgpack_and_strict_json_safe():
 
 def test_the_nwb_table_of_a_toml_file_reaches_the_gateway_and_back(tmp_path):
     """TOML dates become ISO 8601 text, so the table travels in the proto's `extra` as JSON."""
-    from services.gateway.server import params_from_proto
-    from shoal.client import params_to_proto
+    from shoal.params_proto import params_from_proto, params_to_proto
 
     path = tmp_path / "p.toml"
     path.write_text('video_paths = ["v.avi"]\nnumber_of_animals = 2\ntrajectories_formats = ["npy", "sleap", "nwb"]\n'

@@ -24,6 +24,7 @@ import numpy as np
 
 from shoal.knowledge import check_compatible, model_info
 from shoal.params import ParamError, TrackingParams
+from shoal.params_proto import params_from_proto
 from shoal.session import shoal_entries
 from shoal.trajectory_files import check_formats
 from shoal.v1 import jobs_pb2 as pb
@@ -46,41 +47,6 @@ class RequestError(Exception):
     def __init__(self, code: grpc.StatusCode, message: str):
         super().__init__(message)
         self.code = code
-
-
-def params_from_proto(m: pb.TrackingParams) -> dict:
-    """The fields a client set, as idtracker.ai-style keys (unset fields keep their defaults)."""
-    d: dict = {}
-    if m.number_of_animals:
-        d["number_of_animals"] = m.number_of_animals
-    if m.intensity_ths:
-        d["intensity_ths"] = list(m.intensity_ths)
-    if m.area_ths:
-        d["area_ths"] = list(m.area_ths)
-    if m.roi_list:
-        d["roi_list"] = list(m.roi_list)
-    for key in ("use_bkg", "track_wo_identities", "exclusive_rois", "check_segmentation"):
-        if getattr(m, key):
-            d[key] = True
-    if m.background_subtraction_stat:
-        d["background_subtraction_stat"] = m.background_subtraction_stat
-    if m.tracking_intervals:
-        d["tracking_intervals"] = [[iv.start, iv.end] for iv in m.tracking_intervals]
-    for key in ("resolution_reduction", "id_image_size", "frames_per_episode"):
-        if m.HasField(key):
-            d[key] = getattr(m, key)
-    if m.trajectories_formats:
-        d["trajectories_formats"] = list(m.trajectories_formats)
-    if m.method:
-        d["method"] = m.method
-    if m.seed:
-        d["seed"] = m.seed
-    for key, text in m.extra.items():
-        try:
-            d[key] = json.loads(text)
-        except json.JSONDecodeError:
-            d[key] = text
-    return d
 
 
 def job_message(rec: JobRecord) -> pb.Job:
