@@ -165,7 +165,6 @@ def track(
             )
             assignment = Assignment(identity=identity, p2=assignment.p2)
             reliability, tau_runs = vote_reliability(image_votes, n_animals)
-            tau = tau_runs
             # motion alone, whether or not it helped assign: an independent witness of appearance
             by_motion = link_fragments(fragments, blob_fragment, links, table).next_fragment
             tau = calibrate_to_evidence(by_motion, neighbours, votes, reliability, tau_runs)
