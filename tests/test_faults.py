@@ -19,14 +19,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import zmq
 
+from services.segmenter.main import Pushers
 from shoal.client import Client, follow
 from shoal.evaluate import evaluate, load_predictions, load_truth
 from shoal.local import LocalCluster
 from shoal.params import TrackingParams
 from shoal.sim import SimulationConfig, write_simulation
+from shoal.transport import bind_random
 from shoal.v1 import jobs_pb2 as pb
-from tests.gateway_services import LAUNCHER
+from tests.gateway_services import LAUNCHER, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]  # a lost chunk would make a job wait for ever
 
@@ -253,6 +256,52 @@ def test_a_job_whose_identifier_never_answers_resume_fails_instead_of_waiting(vi
     assert not (tmp_path / "b" / "trajectories").exists()
 
 
+#: an identifier whose first send of chunk 5's geometry is lost on the way (as when the TCP connection
+#: under a PUSH breaks with messages in it); everything else is the real identifier
+LOSSY_IDENTIFIER = """
+import sys
+import services.identifier.main as m
+real_send, lost = m.send, []
+def send(sock, msg, **kwargs):
+    if msg.type == "chunk_geometry" and msg["chunk"] == 5 and not lost:
+        lost.append(msg["chunk"])
+        print("test: the geometry of chunk 5 was lost", file=sys.stderr, flush=True)
+        return None
+    return real_send(sock, msg, **kwargs)
+m.send = send
+sys.exit(m.main(sys.argv[2:]))
+"""
+
+
+def test_geometry_lost_between_identifier_and_assembler_is_sent_again(video, reference, tmp_path, monkeypatch):
+    """docs/messages.md gap 1. The identifier loses chunk 5's geometry on its way to the assembler
+    (the hop has no acknowledgement); with ``SHOAL_GEOMETRY_STALL_S=1``. Asserted: the assembler,
+    hearing nothing more, names the chunk to the identifier, which sends it again from its store; the
+    job succeeds (bounded: before the fix it waited for ever) with the trajectories of an undisturbed
+    run, and no chunk was segmented again."""
+    monkeypatch.setenv("SHOAL_GEOMETRY_STALL_S", "1")
+    with LocalCluster(_root(video, tmp_path), tmp_path / "work", segmenters=2) as cluster:
+        cluster.procs["identifier"].kill()
+        cluster.procs["identifier"].wait(10)
+        lossy = _start_like(cluster, "identifier", "lossy", launcher=LOSSY_IDENTIFIER)
+        _wait_for_log(cluster, rf"identifier-\S+-{lossy.pid}-\S+ joined")
+        client = Client(cluster.grpc_address)
+        client.wait_ready()
+        t0 = time.monotonic()
+        job_id = client.submit(_params(video), output_dir=str(tmp_path / "b")).job_id
+        deadline = t0 + 60
+        while (job := client.get(job_id)).state in (pb.QUEUED, pb.RUNNING) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        client.close()
+        log = cluster.log_path.read_text(errors="replace")
+    print(f"geometry of chunk 5 lost: job done {time.monotonic() - t0:.1f} s after it was submitted")
+    assert job.state == pb.SUCCEEDED, f"{pb.JobState.Name(job.state)} after 60 s: {job.error}"
+    assert "test: the geometry of chunk 5 was lost" in log
+    assert re.search(rf"job {job_id}: sending chunk\(s\) \[5\] again to ", log), log[-3000:]
+    assert "re-issu" not in log and job.figures["frames"] == 600
+    np.testing.assert_array_equal(_trajectories(tmp_path / "b"), reference)
+
+
 def test_identities_survive_replacing_the_identifier_and_the_assembler_while_learning(simulation, tmp_path):
     """With identities: SIGKILL the identifier while it answers ``learn_identities`` and start a new
     one (the assembler sends the request again there), then SIGKILL the assembler while identities
@@ -430,3 +479,36 @@ def test_a_slow_identifier_holds_segmenters_back_without_growing_their_memory(vi
           f"(+{growth:.0f} MiB); at most {ahead} chunks done but not stored; {len(samples)} samples")
     assert ahead >= 5, "the identifier was not slower than the segmenter: nothing was held back"
     assert growth < 60, f"segmenter RSS grew by {growth:.0f} MiB"
+
+
+def test_a_segmenter_lets_go_of_an_identifier_no_task_names_any_more():
+    """docs/messages.md gap 12. A worker thread's sockets (:class:`Pushers`, clock faked): tasks
+    name an identifier that then dies (nothing listens on its port; two batches wait in the socket),
+    then a new one. Asserted: the new one receives its batch; while the dead one is still within
+    ``idle_s`` its socket stays (a blip must not drop batches); once no task named it for longer,
+    its socket is closed with what it held, and naming it again opens a fresh one."""
+    ctx = zmq.Context()
+    now = [0.0]
+    pushers = Pushers(ctx, idle_s=60, clock=lambda: now[0])
+    live = ctx.socket(zmq.PULL)
+    try:
+        alive = bind_random(live)
+        dead = f"tcp://127.0.0.1:{free_port()}"
+        for _ in range(2):
+            pushers.get(dead).send(b"batch for the dead identifier")
+        old = pushers.sockets[dead]
+        now[0] = 30.0
+        pushers.get(alive).send(b"batch for the new identifier")
+        assert live.poll(5000) and live.recv() == b"batch for the new identifier"
+        assert not old.closed, "closed within idle_s"
+        now[0] = 91.0
+        pushers.get(alive)
+        assert old.closed and dead not in pushers.sockets
+        now[0] = 200.0
+        pushers.prune()
+        assert not pushers.sockets, "an idle worker kept a socket"
+        assert pushers.get(dead) is not old
+    finally:
+        pushers.close(linger_ms=0)
+        live.close(linger=0)
+        ctx.term()

@@ -57,6 +57,8 @@ IN_FLIGHT = Gauge("shoal_assembler_jobs_in_flight", "Jobs this assembler is trac
 DOUBTFUL = Counter("shoal_doubtful_jobs_total",
                    "Jobs whose estimated accuracy is below 0.99 (the job's warnings say why and what to try)")
 WAITING = Gauge("shoal_assembler_jobs_waiting", "Jobs assigned to this assembler that still collect chunks")
+GEOMETRY_WANTED = Counter("shoal_geometry_wanted_total",
+                          "Times a job waiting for chunks asked its identifier to send them again")
 for _outcome in ("new", "duplicate"):
     CHUNKS.labels(_outcome)
 
@@ -78,6 +80,8 @@ class AssemblerConfig:
     geometry: str = field(default="tcp://0.0.0.0:5558", metadata={"help": "endpoint for chunk geometry"})
     metrics_port: int = field(default=9103, metadata={"help": "Prometheus /metrics port (0 = any free, -1 = off)"})
     curve_keys: str = field(default="", metadata={"help": curve.KEYS_HELP})
+    geometry_stall_s: float = field(default=10.0, metadata={
+        "help": "a job that received no chunk for this long asks its identifier for those it lacks (s)"})
 
 
 class RemoteIdentifier:
@@ -142,6 +146,8 @@ class JobState:
     n_chunks: int | None = None
     started: bool = False
     cancelled: threading.Event = field(default_factory=threading.Event)
+    #: when a chunk last arrived, the job was assigned here or its identifier was last asked
+    heard: float = field(default_factory=time.monotonic)
 
 
 class Assembler:
@@ -153,6 +159,8 @@ class Assembler:
         self.control = ControlChannel(self.ctx, cfg.gateway, "assembler", {"geometry": endpoint})
         self.jobs: dict[str, JobState] = {}
         self.outbox: queue.Queue[Message] = queue.Queue()
+        #: identifier requests endpoint -> DEALER that asks it for geometry again (no reply)
+        self.askers: dict[str, zmq.Socket] = {}
         self.stopping = False
         # jobs assigned here and still collecting chunks (list(): one C-level copy of a dict two threads change)
         WAITING.set_function(lambda: sum(s.spec is not None and not s.started for s in list(self.jobs.values())))
@@ -167,9 +175,11 @@ class Assembler:
                 self.on_geometry(recv(self.geometry)[1])
             while not self.outbox.empty():
                 self.control.send(self.outbox.get())
+            self.ask_for_missing()
         for state in self.jobs.values():
             state.cancelled.set()
-        self.geometry.close(linger=0)
+        for sock in (*self.askers.values(), self.geometry):
+            sock.close(linger=0)
         self.control.close()
 
     def on_control(self, msg: Message) -> None:
@@ -177,6 +187,7 @@ class Assembler:
             state = self.jobs.setdefault(msg["job"], JobState())
             state.spec = msg.body
             state.n_chunks = len(msg["plan"]["chunks"])
+            state.heard = time.monotonic()
             self.maybe_start(msg["job"])
         elif msg.type == "close_job":
             state = self.jobs.pop(msg["job"], None)
@@ -190,8 +201,34 @@ class Assembler:
             return
         state.chunks[msg["chunk"]] = BlobTable.from_arrays(msg.arrays)
         state.n_chunks = msg["n_chunks"]
+        state.heard = time.monotonic()
         CHUNKS.labels("new").inc()
         self.maybe_start(msg["job"])
+
+    def ask_for_missing(self) -> None:
+        """Geometry has no acknowledgement (a PUSH whose TCP connection breaks loses what it held),
+        so a job that heard nothing for ``geometry_stall_s`` names the chunks it lacks to its
+        identifier, which sends again those its store holds (``geometry_wanted``). Chunks still
+        being segmented are not held yet, and a copy that was only late is dropped as a duplicate."""
+        now = time.monotonic()
+        for job, state in list(self.jobs.items()):
+            if state.started or state.spec is None or now - state.heard < self.cfg.geometry_stall_s:
+                continue
+            state.heard = now
+            sock = self._asker(state.spec["identifier"])
+            if sock.poll(0, zmq.POLLOUT):
+                missing = sorted(set(range(state.n_chunks)) - set(state.chunks))
+                send(sock, Message("geometry_wanted", {"job": job, "chunks": missing}))
+                GEOMETRY_WANTED.inc()
+        in_use = {state.spec["identifier"] for state in self.jobs.values() if state.spec is not None}
+        for endpoint in set(self.askers) - in_use:
+            self.askers.pop(endpoint).close(linger=0)
+
+    def _asker(self, endpoint: str) -> zmq.Socket:
+        if endpoint not in self.askers:
+            self.askers[endpoint] = make_socket(self.ctx, zmq.DEALER)
+            connect(self.askers[endpoint], endpoint)
+        return self.askers[endpoint]
 
     def maybe_start(self, job: str) -> None:
         state = self.jobs[job]

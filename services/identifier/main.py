@@ -42,6 +42,8 @@ from .networks import pick_device
 
 CROPS_STORED = Counter("shoal_crops_stored_total", "Identification images received and stored")
 BATCHES = Counter("shoal_blob_batches_total", "Blob batches received, by outcome", ["outcome"])
+GEOMETRY_RESENT = Counter("shoal_geometry_resent_total",
+                          "Chunks of geometry sent again because their assembler asked (geometry_wanted)")
 REQUEST_SECONDS = Histogram("shoal_identifier_request_duration_seconds", "Time to answer a request", ["kind"],
                             buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800))
 BATCH_SECONDS = Histogram("shoal_identifier_batch_duration_seconds", "Time to store one blob batch and forward it",
@@ -132,7 +134,10 @@ class Identifier:
                 self.on_batch(recv(self.batches)[1])
             if ready.get(self.requests, 0) & zmq.POLLIN:
                 route, req = recv(self.requests, routed=True)
-                self.inbox.put((route, req, self.epochs.get(req["job"], 0)))
+                if req.type == "geometry_wanted":  # no reply, and never behind a training request
+                    self.on_geometry_wanted(req["job"], req["chunks"])
+                else:
+                    self.inbox.put((route, req, self.epochs.get(req["job"], 0)))
             self._flush()
             while not self.outbox.empty():
                 route, reply = self.outbox.get()
@@ -166,6 +171,21 @@ class Identifier:
         self.control.send(Message("resume_ack", {"job": job, "chunks": held}))
         self.log.info("job %s resumed: %d of %d chunks held in the store, replaying their geometry to %s",
                       job, len(held), n_chunks, assembler)
+
+    def on_geometry_wanted(self, job: str, chunks: list[int]) -> None:
+        """The job's assembler still lacks ``chunks``: queue again, to the job's own assembler, those
+        the store holds and that are not already on their way (the rest are still being segmented)."""
+        endpoint = self.routes.get(job)
+        if endpoint is None:  # not routed here (closed, or moved to another identifier)
+            return
+        queued = {c for j, c, _ in self.forwards.get(endpoint, ()) if j == job}
+        store = self.store(job)
+        again = [c for c in chunks if c not in queued and store.has(c)]
+        if again:
+            self.forwards.setdefault(endpoint, deque()).extend((job, c, None) for c in again)
+            GEOMETRY_RESENT.inc(len(again))
+            self.log.warning("job %s: sending chunk(s) %s again to %s, which did not receive them",
+                             job, again, endpoint)
 
     def _forget(self, job: str) -> None:
         self.epochs[job] = self.epochs.get(job, 0) + 1

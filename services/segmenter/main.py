@@ -54,6 +54,44 @@ class SegmenterConfig:
     credit: int = field(default=1, metadata={"help": "tasks this worker may hold at once"})
     metrics_port: int = field(default=9101, metadata={"help": "Prometheus /metrics port (0 = any free, -1 = off)"})
     curve_keys: str = field(default="", metadata={"help": curve.KEYS_HELP})
+    pusher_idle_s: float = field(default=60.0, metadata={
+        "help": "close the socket to an identifier that no task has named for this long (s)"})
+
+
+class Pushers:
+    """One PUSH socket per identifier endpoint that a task named lately, for one worker thread.
+
+    A job moved to a new identifier (its old one lost) names the new endpoint in its tasks; the
+    socket to the old one, with batches it could not deliver, would otherwise stay open until the
+    segmenter exits. A socket no task named for ``idle_s`` is closed: what it still holds had no
+    ``chunk_stored``, so the gateway has re-issued it, and a live identifier is connected again on
+    its next task.
+    """
+
+    def __init__(self, ctx: zmq.Context, idle_s: float, clock=time.monotonic):
+        self.ctx, self.idle_s, self.clock = ctx, idle_s, clock
+        self.sockets: dict[str, zmq.Socket] = {}
+        self.named: dict[str, float] = {}
+
+    def get(self, endpoint: str) -> zmq.Socket:
+        self.named[endpoint] = self.clock()
+        self.prune()
+        if endpoint not in self.sockets:
+            self.sockets[endpoint] = make_socket(self.ctx, zmq.PUSH, hwm=DATA_HWM)
+            connect(self.sockets[endpoint], endpoint)
+        return self.sockets[endpoint]
+
+    def prune(self) -> None:
+        now = self.clock()
+        for endpoint in [e for e, t in self.named.items() if now - t > self.idle_s]:
+            del self.named[endpoint]
+            if (sock := self.sockets.pop(endpoint, None)) is not None:
+                sock.close(linger=0)
+
+    def close(self, linger_ms: int) -> None:
+        for sock in self.sockets.values():
+            sock.close(linger=linger_ms)
+        self.sockets.clear()
 
 
 class Segmenter:
@@ -114,12 +152,18 @@ class Segmenter:
         self.control.close()
 
     def _work(self) -> None:
-        pushers: dict[str, zmq.Socket] = {}
-        while (task := self.tasks.get()) is not None:
+        pushers = Pushers(self.ctx, self.cfg.pusher_idle_s)
+        while True:
+            try:
+                task = self.tasks.get(timeout=self.cfg.pusher_idle_s)
+            except queue.Empty:  # idle: let go of identifiers no task names any more
+                pushers.prune()
+                continue
+            if task is None:
+                break
             with IN_FLIGHT.track_inprogress():
                 self.outbox.put(self.handle(task, pushers))
-        for sock in pushers.values():
-            sock.close(linger=STOP_LINGER_MS)
+        pushers.close(STOP_LINGER_MS)
 
     def _check(self, task: dict) -> None:
         """Raise :class:`TaskReleased` if the gateway took the task back or the worker must stop now."""
@@ -128,7 +172,7 @@ class Segmenter:
             self.cancelled.discard(key)
             raise TaskReleased("cancelled by the gateway")
 
-    def handle(self, task: dict, pushers: dict[str, zmq.Socket]) -> Message:
+    def handle(self, task: dict, pushers: Pushers) -> Message:
         ref = _ref(task)
         try:
             self._check(task)
@@ -149,17 +193,14 @@ class Segmenter:
             return Message("task_failed", {**ref, "error": f"segmenter crashed: {exc!r}"})
         return Message("task_done", {**ref, "result": result})
 
-    def segment(self, task: dict, info: VideoInfo, params: TrackingParams, pushers: dict[str, zmq.Socket]) -> dict:
+    def segment(self, task: dict, info: VideoInfo, params: TrackingParams, pushers: Pushers) -> dict:
         t0 = time.perf_counter()
         start, stop = task["start"], task["stop"]
         table, crops = segment_chunk(info, params, Probe.from_dict(task["probe"]), start, stop)
         arrays = {**table.arrays(), "crops": crops}
         body = {"job": task["job"], "chunk": task["task"], "attempt": task["attempt"], "start": start,
                 "stop": stop, "n_chunks": task["n_chunks"]}
-        if task["identifier"] not in pushers:
-            pushers[task["identifier"]] = make_socket(self.ctx, zmq.PUSH, hwm=DATA_HWM)
-            connect(pushers[task["identifier"]], task["identifier"])
-        sock = pushers[task["identifier"]]
+        sock = pushers.get(task["identifier"])
         while not sock.poll(200, zmq.POLLOUT):  # backpressure: a busy identifier slows this worker down
             self._check(task)
             if self.stopping:
