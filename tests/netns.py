@@ -199,16 +199,20 @@ class NetServices(Services):
         return self.spawn_in(link, name, "services.segmenter.main",
                              ["--gateway", self.control, "--metrics-port", str(metrics_port)])
 
-    def start_identifier(self, batches_port: int, metrics_port: int = -1, *extra: str) -> subprocess.Popen:
-        """The identifier, its batches socket on A's link address (segmenters in B push there)."""
-        return self.spawn_in(None, "identifier", "services.identifier.main", [
+    def start_identifier(self, batches_port: int, metrics_port: int = -1, *extra: str,
+                         link: Link | None = None) -> subprocess.Popen:
+        """The identifier, in ``link``'s namespace (None: here), its sockets on that node's link
+        address so workers on the other node reach them."""
+        host = link.b if link else self.host
+        return self.spawn_in(link, "identifier", "services.identifier.main", [
             "--gateway", self.control, "--metrics-port", str(metrics_port),
-            "--batches", f"tcp://{self.host}:{batches_port}", "--requests", "tcp://127.0.0.1:0",
+            "--batches", f"tcp://{host}:{batches_port}", "--requests", f"tcp://{host}:0",
             "--store", str(self.work_dir / "store"), "--threads", "1", *extra])
 
-    def start_assembler(self) -> subprocess.Popen:
-        return self.spawn_in(None, "assembler", "services.assembler.main", [
-            "--gateway", self.control, "--metrics-port", "-1", "--geometry", "tcp://127.0.0.1:0"])
+    def start_assembler(self, link: Link | None = None) -> subprocess.Popen:
+        host = link.b if link else self.host
+        return self.spawn_in(link, "assembler", "services.assembler.main", [
+            "--gateway", self.control, "--metrics-port", "-1", "--geometry", f"tcp://{host}:0"])
 
     def stop_one(self, name: str, timeout: float = 15) -> None:
         """SIGTERM one service (by its pid) and wait for it."""

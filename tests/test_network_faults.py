@@ -175,6 +175,7 @@ def test_a_partitioned_segmenter_is_replaced_and_its_late_results_are_dropped(li
     task_s = (_metric(segmenter_b, "shoal_segment_task_duration_seconds_sum")
               / max(1.0, _metric(segmenter_b, "shoal_segment_task_duration_seconds_count")))
     duplicates_before = _metric(identifier, "shoal_blob_batches_total", outcome="duplicate")
+    assert duplicates_before == 0, "a job without faults received a chunk twice"
 
     job_id = stub.SubmitJob(job_request(str(video), **request), timeout=30).job_id
     _wait("the segment stage", lambda: {s.stage: s.fraction for s in stub.GetJob(
@@ -205,6 +206,58 @@ def test_a_partitioned_segmenter_is_replaced_and_its_late_results_are_dropped(li
     assert _metric(gateway, "shoal_worker_heartbeats_lost_total", role="segmenter") == 1
     assert _metric(gateway, "shoal_tasks_reissued_total") >= 1
     assert job.figures["frames"] == N_FRAMES  # every frame counted once despite the duplicate
+
+
+#: the tests' re-pin grace (``--repin-grace-s``): how long a job waits for its lost identifier or
+#: assembler to come back, or a replacement to register, before it restarts from the probe
+GRACE_S = 3
+#: longer than being declared lost plus the grace, so the job restarts while the node is still cut off
+LONG_PARTITION_S = LOST_WITHIN_S + GRACE_S + 4
+#: the bound on the restarted job, counted from the heal (an undisturbed run takes a few seconds)
+RESTARTED_WITHIN_S = 60
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("role", ["identifier", "assembler"])
+def test_a_partition_of_the_identifier_or_assembler_longer_than_the_grace_restarts_the_job(
+        role, link, services, tmp_path):
+    """The job's only identifier (or assembler) sits in B and is cut off mid-segmentation for longer
+    than the heartbeat timeout plus the re-pin grace; two segmenters and the other services stay in
+    A. Asserted: the gateway declares the worker lost and, the grace over, queues the job again from
+    its probe with a warning that says why; once the link heals the worker registers again, and the
+    job succeeds within RESTARTED_WITHIN_S of the heal (it never waits unbounded) with the trajectories
+    of an undisturbed run."""
+    video = tiny_video(tmp_path / "data" / "video", n_frames=N_FRAMES)
+    request = {"frames_per_episode": 40}  # the job cannot end while either worker is cut off
+    services.start_gateway("--metrics-port", "0", "--repin-grace-s", str(GRACE_S))
+    there = {role: link}
+    services.start_identifier(0, link=there.get("identifier"))
+    services.start_assembler(link=there.get("assembler"))
+    services.start_segmenter("segmenter-a1")
+    services.start_segmenter("segmenter-a2")
+    stub = pb_grpc.JobServiceStub(services.channel())
+    reference, undisturbed_s = _run_job(stub, video, timeout=120, **request)
+
+    job_id = stub.SubmitJob(job_request(str(video), **request), timeout=30).job_id
+    _wait("the segment stage", lambda: {s.stage: s.fraction for s in stub.GetJob(
+        pb.JobRef(job_id=job_id), timeout=5).stages}.get("segment", 0) > 0, timeout=60)
+    cut = link.faults(partition=True)
+    _wait(f"the job restarting without its {role}", lambda: re.search(
+        rf"job {job_id} queued again to restart from the probe: no {role} registered",
+        services.log_tail(1_000_000)), timeout=LOST_WITHIN_S + GRACE_S + 10)
+    restarted_s = time.monotonic() - cut
+    time.sleep(max(0.0, LONG_PARTITION_S - (time.monotonic() - cut)))
+    healed = link.heal()
+    job = watch_until_final(stub, job_id, timeout=RESTARTED_WITHIN_S)
+    done_s = time.monotonic() - healed
+    assert job.state == pb.SUCCEEDED, job.error
+    print(f"\n{LONG_PARTITION_S:.0f} s partition of the {role} (job: {undisturbed_s:.1f} s undisturbed): "
+          f"restarted {restarted_s:.1f} s after the cut; done {done_s:.1f} s after the heal")
+    assert any(f"no {role} registered within {GRACE_S} s" in w and "job restarted" in w
+               for w in job.warnings), job.warnings
+    np.testing.assert_array_equal(trajectories(stub, job_id), reference)
+    assert job.figures["frames"] == N_FRAMES
 
 
 @pytest.mark.parametrize(("euid", "tools", "ci", "outcome", "says"), [
