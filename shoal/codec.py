@@ -4,9 +4,10 @@ A message is a multipart ZeroMQ message: frame 0 is a msgpack header, frames 1..
 bytes of numpy arrays (C order) listed in the header. Pixel payloads therefore never pass through
 msgpack, and on receipt arrays are views on the ZeroMQ frames (no copy).
 
-Header: ``{"v": 1, "type": str, "body": {...}, "arrays": [[name, dtype, shape], ...]}``.
-The body of job-related messages carries ``job``, and of chunk-related ones ``chunk`` and
-``attempt``, so receivers can drop duplicates.
+Header: ``{"v": VERSION, "type": str, "body": {...}, "arrays": [[name, dtype, shape], ...]}``.
+Every message is checked against its type's schema (:mod:`shoal.messages`) when it is encoded and
+when it is decoded: a sender cannot send, and a receiver never sees, a body that the schema does
+not allow.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any, TypeVar
 import msgpack
 import numpy as np
 
-VERSION = 1
+from shoal.messages import SCHEMAS, VERSION
 
 T = TypeVar("T")
 
@@ -40,8 +41,43 @@ class Message:
         return self.body.get(key, default)
 
 
-def encode(msg: Message) -> list[bytes | memoryview]:
-    """Message -> frames ready for ``socket.send_multipart(frames, copy=False)``."""
+def check(msg: Message) -> None:
+    """Raise :class:`CodecError` unless ``msg`` has its type's fields, of their types, and no others."""
+    schema = SCHEMAS.get(msg.type)
+    if schema is None:
+        raise CodecError(f"unknown message type {msg.type!r}")
+    for name, (kinds, required) in schema.body.items():
+        if name not in msg.body:
+            if required:
+                raise CodecError(f"{msg.type}: missing field {name!r}")
+        elif not isinstance(msg.body[name], kinds):
+            expected = " or ".join(k.__name__ for k in kinds)
+            raise CodecError(f"{msg.type}: field {name!r} must be {expected}, not {type(msg.body[name]).__name__}")
+    for name, required in schema.arrays.items():
+        if required and name not in msg.arrays:
+            raise CodecError(f"{msg.type}: missing array {name!r}")
+    unknown = sorted(set(msg.body) - set(schema.body)) + sorted(set(msg.arrays) - set(schema.arrays))
+    if unknown:
+        raise CodecError(f"{msg.type}: unknown field(s) {', '.join(map(repr, unknown))}")
+
+
+def message(obj: Any, arrays: dict[str, np.ndarray] | None = None) -> Message:
+    """A :mod:`shoal.messages` object -> its Message, checked; ``arrays`` adds array frames (a blob
+    table's columns). Optional fields left at a ``None`` or ``False`` default are not sent."""
+    msg = pack(obj.TYPE, obj)
+    for f in dataclasses.fields(obj):
+        if f.default in (None, False) and msg.body.get(f.name, 0) is f.default:
+            del msg.body[f.name]
+    msg.arrays.update(arrays or {})
+    check(msg)
+    return msg
+
+
+def encode(msg: Message, *, checked: bool = True) -> list[bytes | memoryview]:
+    """Message -> frames ready for ``socket.send_multipart(frames, copy=False)``. ``checked=False``
+    skips the schema (the codec's own tests of the framing)."""
+    if checked:
+        check(msg)
     specs, buffers = [], []
     for name, arr in msg.arrays.items():
         arr = np.ascontiguousarray(arr).reshape(np.shape(arr))
@@ -53,7 +89,7 @@ def encode(msg: Message) -> list[bytes | memoryview]:
     return [msgpack.packb(header, use_bin_type=True, default=_default), *buffers]
 
 
-def decode(frames: list[Any]) -> Message:
+def decode(frames: list[Any], *, checked: bool = True) -> Message:
     """Frames (bytes or zmq.Frame) -> Message; arrays are read-only views on the frames."""
     if not frames:
         raise CodecError("empty message")
@@ -63,7 +99,8 @@ def decode(frames: list[Any]) -> Message:
     except Exception as exc:  # msgpack raises several unrelated types
         raise CodecError(f"bad header: {exc}") from None
     if header.get("v") != VERSION:
-        raise CodecError(f"unsupported message version {header.get('v')!r}")
+        raise CodecError(f"{mtype!r} message of protocol version {header.get('v')!r}; this service speaks "
+                         f"version {VERSION}: run the same Shoal release on every service")
     if len(specs) != len(frames) - 1:
         raise CodecError(f"{mtype}: header lists {len(specs)} arrays but {len(frames) - 1} frames follow")
     arrays = {}
@@ -75,7 +112,10 @@ def decode(frames: list[Any]) -> Message:
         arr = arr.reshape(shape)
         arr.flags.writeable = False
         arrays[name] = arr
-    return Message(mtype, body, arrays)
+    msg = Message(mtype, body, arrays)
+    if checked:
+        check(msg)
+    return msg
 
 
 def pack(mtype: str, obj: Any, **extra: Any) -> Message:

@@ -15,9 +15,11 @@ import uuid
 from typing import Any
 
 import zmq
+from prometheus_client import Counter
 
 from shoal import curve
-from shoal.codec import Message, decode, encode
+from shoal.codec import CodecError, Message, decode, encode, message
+from shoal.messages import Goodbye, Heartbeat, Hello, Registered
 
 HEARTBEAT_S = 1.0
 #: heartbeats missed before a peer is declared dead
@@ -26,6 +28,13 @@ LIVENESS = 3
 DATA_HWM = 4
 
 log = logging.getLogger("shoal")
+
+REJECTED = Counter("shoal_messages_rejected_total",
+                   "Messages dropped because they broke docs/messages.md (bad frames, another protocol "
+                   "version, a field missing or of the wrong type)")
+#: at most one log line per reason and this many seconds: a misconfigured peer may send many
+_REJECT_LOG_S = 60.0
+_rejects_logged: dict[str, float] = {}
 
 
 def make_socket(ctx: zmq.Context, kind: int, *, hwm: int | None = None, identity: str | None = None) -> zmq.Socket:
@@ -74,12 +83,22 @@ def send(sock: zmq.Socket, msg: Message, *, route: bytes | None = None) -> None:
     sock.send_multipart(([route] if route is not None else []) + frames, copy=False)
 
 
-def recv(sock: zmq.Socket, *, routed: bool = False) -> tuple[bytes | None, Message]:
-    """Receive one message; with ``routed`` (ROUTER sockets) also return the sender's identity."""
+def recv(sock: zmq.Socket, *, routed: bool = False) -> tuple[bytes | None, Message | None]:
+    """Receive one message; with ``routed`` (ROUTER sockets) also return the sender's identity.
+
+    A message that breaks the spec is dropped and returned as ``None`` (counted, and logged once a
+    minute per reason): a bad peer must not stop a service that serves other jobs."""
     frames = sock.recv_multipart(copy=False)
-    if routed:
-        return frames[0].bytes, decode(frames[1:])
-    return None, decode(frames)
+    route = frames[0].bytes if routed else None
+    try:
+        return route, decode(frames[1:] if routed else frames)
+    except CodecError as exc:
+        REJECTED.inc()
+        now, reason = time.monotonic(), str(exc)
+        if now - _rejects_logged.get(reason, -_REJECT_LOG_S) >= _REJECT_LOG_S:
+            _rejects_logged[reason] = now
+            log.warning("dropped a message%s: %s", f" from {route!r}" if route else "", reason)
+        return route, None
 
 
 def new_worker_id(role: str) -> str:
@@ -109,7 +128,7 @@ class ControlChannel:
         connect(self.sock, self.gateway)
         self.last_sent = 0.0
         self.last_heard = time.monotonic()
-        self.send(Message("hello", {"role": self.role, "worker": self.worker_id, **self.info}))
+        self.send(message(Hello(role=self.role, worker=self.worker_id, **self.info)))
 
     def send(self, msg: Message) -> None:
         send(self.sock, msg)
@@ -119,7 +138,7 @@ class ControlChannel:
         """Heartbeat if due; reconnect if the gateway has been silent too long. Call often."""
         now = time.monotonic()
         if now - self.last_sent >= HEARTBEAT_S:
-            self.send(Message("heartbeat"))
+            self.send(message(Heartbeat()))
         if now - self.last_heard > HEARTBEAT_S * LIVENESS + self.backoff:
             log.warning("gateway %s silent for %.0f s; reconnecting", self.gateway, now - self.last_heard)
             self.backoff = min(self.backoff * 2, 32.0)
@@ -131,10 +150,10 @@ class ControlChannel:
             _, msg = recv(self.sock)
             self.last_heard = time.monotonic()
             self.backoff = HEARTBEAT_S
-            if msg.type == "reregister":  # the gateway forgot us (it restarted, or thought us dead)
+            if msg is not None and msg.type == "reregister":  # the gateway forgot us (restarted, or thought us dead)
                 self._connect()
-                return Message("registered")
-            if msg.type != "heartbeat":
+                return message(Registered())
+            if msg is not None and msg.type != "heartbeat":
                 return msg
         self.tick()
         return None
@@ -142,7 +161,7 @@ class ControlChannel:
     def close(self) -> None:
         if self.sock is not None:
             try:
-                self.send(Message("goodbye"))
+                self.send(message(Goodbye()))
             except zmq.ZMQError:
                 pass
             self.sock.close(linger=200)

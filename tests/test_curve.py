@@ -13,7 +13,9 @@ import pytest
 import zmq
 
 from shoal import curve
-from shoal.codec import Message
+from shoal.blobs import BlobTable
+from shoal.codec import message
+from shoal.messages import BlobBatch, Hello
 from shoal.transport import send
 from shoal.v1 import jobs_pb2 as pb
 from shoal.v1 import jobs_pb2_grpc as pb_grpc
@@ -42,8 +44,9 @@ def _rogue_hellos(endpoints: dict[str, str], stranger: curve.CurveKeys | None, s
     try:
         for name, endpoint in endpoints.items():
             kind = zmq.DEALER if name in ("control", "requests") else zmq.PUSH
-            message = Message("hello", {"role": "segmenter", "worker": f"rogue-{name}"}) if name == "control" \
-                else Message("blob_batch", {"job": "rogue", "chunk": 0})
+            rogue = message(Hello(role="segmenter", worker=f"rogue-{name}")) if name == "control" else message(
+                BlobBatch(job="rogue", chunk=0, attempt=1, start=0, stop=1, n_chunks=1),
+                {**BlobTable.empty().arrays(), "crops": np.zeros((0, 8, 8), np.uint8)})
             for key in (None, stranger) if stranger else (None,):
                 sock = ctx.socket(kind)
                 sock.setsockopt(zmq.LINGER, 0)
@@ -52,7 +55,7 @@ def _rogue_hellos(endpoints: dict[str, str], stranger: curve.CurveKeys | None, s
                     sock.curve_serverkey = server_public
                 sock.connect(endpoint)
                 try:
-                    send(sock, message)  # queued: ZeroMQ would deliver it if a handshake ever succeeded
+                    send(sock, rogue)  # queued: ZeroMQ would deliver it if a handshake ever succeeded
                 except zmq.Again:
                     pass
                 if kind == zmq.DEALER:

@@ -25,10 +25,11 @@ from prometheus_client import Counter, Gauge, Histogram
 from services.worker import run_worker
 from shoal import __version__, curve
 from shoal.blobs import BlobTable, concat
-from shoal.codec import Message, pack, unpack
+from shoal.codec import Message, message, pack, unpack
 from shoal.config import parse_config
 from shoal.identity_requests import CrossingReply, CrossingRequest, IdentityReply, IdentityRequest, Progress
 from shoal.knowledge import MODEL_FILE, read_model
+from shoal.messages import GeometryWanted, JobDone, JobFailed, JobProgress
 from shoal.params import ParamError, TrackingParams
 from shoal.session import (
     BACKGROUND_FILE,
@@ -121,7 +122,9 @@ class RemoteIdentifier:
             if not self.sock.poll(500, zmq.POLLIN):
                 continue
             _, reply = recv(self.sock)
-            if reply.type == "progress":
+            if reply is None:
+                continue
+            if reply.type == "request_progress":
                 if progress is not None:
                     progress(reply["stage"], reply["fraction"], reply.get("figures") or {})
             elif reply.type == "error":
@@ -172,7 +175,8 @@ class Assembler:
             if msg is not None:
                 self.on_control(msg)
             if self.geometry.poll(100, zmq.POLLIN):
-                self.on_geometry(recv(self.geometry)[1])
+                if (geometry := recv(self.geometry)[1]) is not None:
+                    self.on_geometry(geometry)
             while not self.outbox.empty():
                 self.control.send(self.outbox.get())
             self.ask_for_missing()
@@ -218,7 +222,7 @@ class Assembler:
             sock = self._asker(state.spec["identifier"])
             if sock.poll(0, zmq.POLLOUT):
                 missing = sorted(set(range(state.n_chunks)) - set(state.chunks))
-                send(sock, Message("geometry_wanted", {"job": job, "chunks": missing}))
+                send(sock, message(GeometryWanted(job=job, chunks=missing)))
                 GEOMETRY_WANTED.inc()
         in_use = {state.spec["identifier"] for state in self.jobs.values() if state.spec is not None}
         for endpoint in set(self.askers) - in_use:
@@ -239,19 +243,19 @@ class Assembler:
 
     def run_job(self, job: str, state: JobState) -> None:
         def progress(stage: str, fraction: float, figures: dict) -> None:
-            self.outbox.put(Message("progress", {"job": job, "stage": STAGES.get(stage, "identities"),
-                                                 "done": round(100 * fraction), "total": 100, "figures": figures}))
+            self.outbox.put(message(JobProgress(job=job, stage=STAGES.get(stage, "identities"),
+                                             done=round(100 * fraction), total=100, figures=figures)))
 
         try:
             with IN_FLIGHT.track_inprogress():
                 figures, warnings = assemble(self.ctx, job, state, progress)
-            self.outbox.put(Message("job_done", {"job": job, "figures": figures, "warnings": warnings}))
+            self.outbox.put(message(JobDone(job=job, figures=figures, warnings=warnings)))
         except JobError as exc:
             if not state.cancelled.is_set():
-                self.outbox.put(Message("job_failed", {"job": job, "error": str(exc)}))
+                self.outbox.put(message(JobFailed(job=job, error=str(exc))))
         except Exception as exc:
             self.log.exception("job %s crashed", job)
-            self.outbox.put(Message("job_failed", {"job": job, "error": f"assembler crashed: {exc!r}"}))
+            self.outbox.put(message(JobFailed(job=job, error=f"assembler crashed: {exc!r}")))
         finally:
             self.jobs.pop(job, None)
 

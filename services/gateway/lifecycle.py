@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from shoal.chunks import chunk_ranges
-from shoal.codec import Message
+from shoal.codec import Message, message
+from shoal.messages import Assemble, CancelTask, CloseJob, Resume
+from shoal.messages import Task as TaskMessage
 from shoal.v1 import INVALID_INPUT
 from shoal.video import VideoError, probe_video
 
@@ -108,8 +110,7 @@ class Lifecycle:
             worker = self.registry.get(task.worker)
             if worker is not None:
                 worker.tasks.discard(task.key)
-                self._send(worker.wid, Message("cancel_task", {"job": task.job_id, "task": task.index,
-                                                               "attempt": task.attempt}))
+                self._send(worker.wid, message(CancelTask(job=task.job_id, task=task.index, attempt=task.attempt)))
             task.worker = None
             if not any(t is task for t in self.pending):
                 self.pending.appendleft(task)
@@ -168,9 +169,9 @@ class Lifecycle:
         run may not match and the identifier drops them."""
         self._send_assemble(run)
         run.resuming, run.resume_sent = True, time.monotonic()
-        self._send(run.identifier, Message("resume", {
-            "job": run.record.job_id, "n_chunks": len(run.record.plan["chunks"]),
-            "assembler": self.registry.workers[run.assembler].info["geometry"], "discard": discard}))
+        self._send(run.identifier, message(Resume(
+            job=run.record.job_id, n_chunks=len(run.record.plan["chunks"]),
+            assembler=self.registry.workers[run.assembler].info["geometry"], discard=discard)))
 
     def resume_ack(self, worker: Worker, body: dict) -> None:
         """The identifier says which chunks its store holds: the others are segmented again, except,
@@ -265,7 +266,7 @@ class Lifecycle:
         self.pending = deque(t for t in self.pending if t.job_id != run.record.job_id)
         self.registry.forget_job(run.record.job_id)
         for wid in (run.identifier, run.assembler):
-            self._send(wid, Message("close_job", {"job": run.record.job_id}))
+            self._send(wid, message(CloseJob(job=run.record.job_id)))
 
     def end(self, job_id: str, state: str, error: str = "") -> None:
         rec = self.store.get(job_id)
@@ -302,7 +303,7 @@ class Lifecycle:
             body = {**task.body, "job": task.job_id, "task": task.index, "attempt": task.attempt}
             if task.index >= 0:  # the job's identifier now, which may differ from when the task was made
                 body["identifier"] = self.registry.workers[self.runs[task.job_id].identifier].info["batches"]
-            if self._send(worker.wid, Message("task", body)):
+            if self._send(worker.wid, message(TaskMessage(**body))):
                 worker.credit -= 1
                 worker.tasks.add(task.key)
             else:
@@ -385,11 +386,11 @@ class Lifecycle:
 
     def _send_assemble(self, run: JobRun) -> None:
         rec = self.store.get(run.record.job_id)
-        self._send(run.assembler, Message("assemble", {
-            "job": rec.job_id, "params": rec.params, "plan": rec.plan, "output_dir": rec.output_dir,
-            "identifier": self.registry.workers[run.identifier].info["requests"],
-            "started_unix": time.time() - (time.monotonic() - run.started),  # session.json's start time
-        }))
+        self._send(run.assembler, message(Assemble(
+            job=rec.job_id, params=rec.params, plan=rec.plan, output_dir=rec.output_dir,
+            identifier=self.registry.workers[run.identifier].info["requests"],
+            started_unix=time.time() - (time.monotonic() - run.started),  # session.json's start time
+        )))
 
     # -- progress and the end ------------------------------------------------------------------
 

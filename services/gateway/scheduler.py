@@ -24,7 +24,8 @@ from pathlib import Path
 
 import zmq
 
-from shoal.codec import Message
+from shoal.codec import Message, message
+from shoal.messages import Heartbeat, Registered, Reregister
 from shoal.transport import HEARTBEAT_S, LIVENESS, bind, make_socket, recv, send
 
 from . import metrics
@@ -84,7 +85,8 @@ class Scheduler(threading.Thread):
             if self.sock.poll(int(HEARTBEAT_S * 100), zmq.POLLIN):
                 while self.sock.poll(0, zmq.POLLIN):
                     wid, msg = recv(self.sock, routed=True)
-                    self._handle(wid, msg)
+                    if msg is not None:
+                        self._handle(wid, msg)
             self._commands()
             self._heartbeats()
             self.jobs.repin()
@@ -110,11 +112,11 @@ class Scheduler(threading.Thread):
             self.registry.register(wid, msg["role"], dict(msg.body), now)
             log.info("%s joined", wid.decode())
             metrics.WORKERS.labels(msg["role"]).inc()
-            self._send(wid, Message("registered"))  # a segmenter answers with `ready`: its credit after a reconnect
+            self._send(wid, message(Registered()))  # a segmenter answers with `ready`: its credit after a reconnect
             return
         if worker is None:  # a worker we declared dead, or one from before a restart: ask it to re-register
             if self.registry.should_reregister(wid, now):
-                self._send(wid, Message("reregister"))
+                self._send(wid, message(Reregister()))
             return
         worker.last_seen = now
         body = msg.body
@@ -146,7 +148,7 @@ class Scheduler(threading.Thread):
             if self.registry.silent(w, now):
                 self.jobs.worker_lost(w, f"missed {LIVENESS} heartbeats")
             else:
-                self._send(w.wid, Message("heartbeat"))
+                self._send(w.wid, message(Heartbeat()))
 
     def _send(self, wid: bytes, msg: Message) -> bool:
         try:

@@ -31,9 +31,10 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from services.worker import run_worker
 from shoal import curve
-from shoal.codec import Message, pack, unpack
+from shoal.codec import Message, message, pack, unpack
 from shoal.config import parse_config
 from shoal.identity_requests import CrossingRequest, IdentityRequest
+from shoal.messages import ChunkGeometry, ChunkStored, Error, RequestProgress, ResumeAck
 from shoal.transport import DATA_HWM, ControlChannel, bind, connect, make_socket, recv, send
 
 from .image_store import ImageStore
@@ -131,12 +132,13 @@ class Identifier:
                     poller.register(self._pusher(endpoint), zmq.POLLOUT)
             ready = dict(poller.poll(200))
             if ready.get(self.batches, 0) & zmq.POLLIN:
-                self.on_batch(recv(self.batches)[1])
+                if (batch := recv(self.batches)[1]) is not None:
+                    self.on_batch(batch)
             if ready.get(self.requests, 0) & zmq.POLLIN:
                 route, req = recv(self.requests, routed=True)
-                if req.type == "geometry_wanted":  # no reply, and never behind a training request
+                if req is not None and req.type == "geometry_wanted":  # no reply, never behind training
                     self.on_geometry_wanted(req["job"], req["chunks"])
-                else:
+                elif req is not None:
                     self.inbox.put((route, req, self.epochs.get(req["job"], 0)))
             self._flush()
             while not self.outbox.empty():
@@ -168,7 +170,7 @@ class Identifier:
             self.store(job).delete()
         held = self.store(job).held(n_chunks)
         self.forwards.setdefault(assembler, deque()).extend((job, c, None) for c in held)
-        self.control.send(Message("resume_ack", {"job": job, "chunks": held}))
+        self.control.send(message(ResumeAck(job=job, chunks=held)))
         self.log.info("job %s resumed: %d of %d chunks held in the store, replaying their geometry to %s",
                       job, len(held), n_chunks, assembler)
 
@@ -222,10 +224,10 @@ class Identifier:
             BATCHES.labels("stored").inc()
         # the end-to-end acknowledgement: until it reaches the gateway, a chunk whose segmenter dies
         # counts as lost (its batch may have died in the segmenter's send queue) and is segmented again
-        self.control.send(Message("chunk_stored", {"job": job, "chunk": chunk}))
+        self.control.send(message(ChunkStored(job=job, chunk=chunk)))
         endpoint = self.routes.get(job)
         if endpoint is not None:
-            geometry = Message("chunk_geometry", body, msg.arrays)
+            geometry = message(ChunkGeometry(**body), msg.arrays)
             self.forwards.setdefault(endpoint, deque()).append((job, chunk, geometry))
         BATCH_SECONDS.observe(time.perf_counter() - t0)
 
@@ -241,7 +243,7 @@ class Identifier:
                     except OSError as exc:  # the store was removed underneath us: the chunk is segmented again
                         self.log.error("cannot replay chunk %d of job %s: %s", chunk, job, exc)
                         continue
-                    msg = Message("chunk_geometry", {"job": job, "chunk": chunk, **meta}, arrays)
+                    msg = message(ChunkGeometry(job=job, chunk=chunk, **meta), arrays)
                 send(sock, msg)
 
     def _serve_requests(self) -> None:
@@ -273,24 +275,25 @@ class Identifier:
                 TRAINING_STEPS.labels(stage).inc()
             if stage in ("contrastive", "accumulation") and math.isfinite(figures.get("loss", math.nan)):
                 TRAINING_LOSS.labels(stage).set(figures["loss"])
-            self.outbox.put((route, Message("progress", {"job": job, "stage": stage, "fraction": fraction,
-                                                         "figures": figures})))
+            self.outbox.put((route, message(RequestProgress(job=job, stage=stage, fraction=fraction,
+                                                            figures=figures))))
 
         try:
             identifier = LocalIdentifier(self.store(job).images(req["n_chunks"]), str(self.device))
             if req.type == "classify_crossings":
-                reply = pack("crossing_result", identifier.classify_crossings(unpack(req, CrossingRequest), progress))
+                reply = pack("crossing_result", identifier.classify_crossings(unpack(req, CrossingRequest), progress),
+                             job=job)
             elif req.type == "learn_identities":
-                reply = pack("identity_result", identifier.learn_identities(unpack(req, IdentityRequest), progress))
+                reply = pack("identity_result", identifier.learn_identities(unpack(req, IdentityRequest), progress),
+                             job=job)
             else:
-                reply = Message("error", {"error": f"unknown request {req.type!r}"})
+                reply = message(Error(job=job, error=f"unknown request {req.type!r}"))
         except Abandoned:
             self.log.warning("abandoned %s of job %s: the job was closed or moved to another assembler", req.type, job)
             return
         except Exception as exc:
             self.log.exception("request %s of job %s failed", req.type, job)
-            reply = Message("error", {"error": f"identifier failed on {req.type}: {exc}"})
-        reply.body["job"] = job
+            reply = message(Error(job=job, error=f"identifier failed on {req.type}: {exc}"))
         self.outbox.put((route, reply))
         REQUEST_SECONDS.labels(req.type).observe(time.perf_counter() - t0)
 

@@ -21,8 +21,9 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from services.worker import run_worker
 from shoal import curve
-from shoal.codec import Message
+from shoal.codec import Message, message
 from shoal.config import parse_config
+from shoal.messages import BlobBatch, Ready, TaskDone, TaskFailed
 from shoal.params import ParamError, TrackingParams
 from shoal.roi import RoiError
 from shoal.transport import DATA_HWM, ControlChannel, connect, make_socket, send
@@ -116,7 +117,7 @@ class Segmenter:
 
     def _ask(self) -> None:
         if self.cfg.credit - self.busy > 0 and not self.stopping:
-            self.control.send(Message("ready", {"credit": self.cfg.credit - self.busy}))
+            self.control.send(message(Ready(credit=self.cfg.credit - self.busy)))
 
     def run(self) -> None:
         """Serve until SIGTERM, then until the tasks held are finished (heartbeating all along)."""
@@ -126,14 +127,13 @@ class Segmenter:
             if self.stopping and not quitting:  # logged even when idle, so the log always says why it left
                 quitting = True
                 self.log.info("stopping: finishing %d task(s), taking no more", self.busy)
-                self.control.send(Message("ready", {"credit": 0}))
+                self.control.send(message(Ready(credit=0)))
             if self.stopping and self.busy == 0:
                 break
             msg = self.control.poll(100)
             if msg is not None and msg.type == "task":
                 if self.stopping:  # sent before the gateway saw credit 0: give it back untouched
-                    self.control.send(Message("task_failed", {**_ref(msg.body), "error": "segmenter stopping",
-                                                              "released": True}))
+                    self.control.send(message(TaskFailed(**_ref(msg.body), error="segmenter stopping", released=True)))
                 else:
                     self.busy += 1
                     self.tasks.put(msg.body)
@@ -184,29 +184,28 @@ class Segmenter:
                 result = self.segment(task, info, params, pushers)
         except TaskReleased as exc:
             self.log.info("task %s of job %s given back: %s", ref["task"], ref["job"], exc)
-            return Message("task_failed", {**ref, "error": str(exc), "released": True})
+            return message(TaskFailed(**ref, error=str(exc), released=True))
         except FATAL as exc:
             self.log.warning("task %s of job %s failed: %s", ref["task"], ref["job"], exc)
-            return Message("task_failed", {**ref, "error": str(exc), "fatal": True})
+            return message(TaskFailed(**ref, error=str(exc), fatal=True))
         except Exception as exc:  # an unexpected bug: report it, let the gateway retry elsewhere
             self.log.exception("task %s of job %s crashed", ref["task"], ref["job"])
-            return Message("task_failed", {**ref, "error": f"segmenter crashed: {exc!r}"})
-        return Message("task_done", {**ref, "result": result})
+            return message(TaskFailed(**ref, error=f"segmenter crashed: {exc!r}"))
+        return message(TaskDone(**ref, result=result))
 
     def segment(self, task: dict, info: VideoInfo, params: TrackingParams, pushers: Pushers) -> dict:
         t0 = time.perf_counter()
         start, stop = task["start"], task["stop"]
         table, crops = segment_chunk(info, params, Probe.from_dict(task["probe"]), start, stop)
-        arrays = {**table.arrays(), "crops": crops}
-        body = {"job": task["job"], "chunk": task["task"], "attempt": task["attempt"], "start": start,
-                "stop": stop, "n_chunks": task["n_chunks"]}
+        batch = message(BlobBatch(job=task["job"], chunk=task["task"], attempt=task["attempt"], start=start,
+                                  stop=stop, n_chunks=task["n_chunks"]), {**table.arrays(), "crops": crops})
         sock = pushers.get(task["identifier"])
         while not sock.poll(200, zmq.POLLOUT):  # backpressure: a busy identifier slows this worker down
             self._check(task)
             if self.stopping:
                 raise TaskReleased("stopping while the identifier was not accepting batches")
         self._check(task)
-        send(sock, Message("blob_batch", body, arrays))
+        send(sock, batch)
         n_frames = stop - start
         FRAMES.inc(n_frames)
         PIXELS.inc(n_frames * info.width * info.height / 1e6)
