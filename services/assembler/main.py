@@ -18,13 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import zmq
 from prometheus_client import Counter, Gauge, Histogram
 
 from services.worker import run_worker
-from shoal import __version__, curve
-from shoal.blobs import BlobTable, concat
+from shoal import curve
+from shoal.blobs import BlobTable
 from shoal.codec import Message, message, pack, unpack
 from shoal.config import parse_config
 from shoal.identity_requests import CrossingReply, CrossingRequest, IdentityReply, IdentityRequest, Progress
@@ -34,9 +33,7 @@ from shoal.params import ParamError, TrackingParams
 from shoal.session import (
     BACKGROUND_FILE,
     clear_session,
-    effective_parameters,
     session_write_error,
-    timer_name,
     update_session_json,
     utc_iso,
     warn_inconsistent_frames,
@@ -45,9 +42,18 @@ from shoal.session import (
 from shoal.transport import DATA_HWM, ControlChannel, bind, connect, make_socket, recv, send
 from shoal.v1 import INVALID_INPUT
 
+from .assembly import (
+    JobError,
+    area_statistics,
+    count_animals,
+    crowded_frames,
+    identity_groups,
+    job_figures,
+    session_record,
+    stitch,
+    track_job,
+)
 from .overlap import overlap_links
-from .regions import RegionError, animals_per_region, track_regions
-from .track import track
 from .videos import write_job_videos
 
 CHUNKS = Counter("shoal_chunks_assembled_total", "Chunks of geometry received, by outcome", ["outcome"])
@@ -69,10 +75,6 @@ STAGES = {"Crossing detection": "crossings", "crossing detector": "crossings", "
           "Tracking": "identities", "Fragment identification": "assign", "Identification": "assign",
           "Impossible jumps correction": "assign", "Trajectories creation": "postprocess",
           "Crossings solver": "postprocess", "write": "write", "video": "video"}
-
-
-class JobError(Exception):
-    """The job cannot complete; the message says why in words a user can act on."""
 
 
 @dataclass
@@ -265,31 +267,19 @@ def assemble(ctx: zmq.Context, job: str, state: JobState, progress: Progress) ->
     spec = state.spec
     params = TrackingParams.from_dict(spec["params"])
     video, probe = spec["plan"]["video"], spec["plan"]["probe"]
-    t0 = time.perf_counter()
-    table = concat([state.chunks[c] for c in range(state.n_chunks)])
-    state.chunks.clear()
-    if len(table) == 0:
-        raise JobError(f"{INVALID_INPUT}no animals were found in any frame: check intensity_ths, area_ths and the ROI")
-    links = overlap_links(table)
     n_frames = video["n_frames"]
-    blobs_per_frame = np.bincount(table.frame, minlength=n_frames)
-    n_animals = params.number_of_animals or int(blobs_per_frame.max())
-    region_counts: list[int] | None = None
-    if params.exclusive_rois:
-        try:
-            region_counts = animals_per_region(table, n_frames, int(probe.get("n_regions", 1)),
-                                               params.number_of_animals, params.animals_per_roi)
-        except RegionError as exc:
-            raise JobError(INVALID_INPUT + str(exc)) from None
-        n_animals = sum(region_counts)
-    warnings: list[str] = []
-    inconsistent = np.flatnonzero(blobs_per_frame > n_animals)
+    t0 = time.perf_counter()
+    table = stitch(state.chunks, state.n_chunks)
+    state.chunks.clear()
+    links = overlap_links(table)
+    n_animals, region_counts = count_animals(table, n_frames, params, int(probe.get("n_regions", 1)))
+    crowded = crowded_frames(table, n_frames, n_animals)
     out_dir = Path(spec["output_dir"])
     out_dir.mkdir(parents=True, exist_ok=True)
-    if len(inconsistent):
-        warn_inconsistent_frames(out_dir, inconsistent)  # track() adds the warning itself
+    if len(crowded):
+        warn_inconsistent_frames(out_dir, crowded)  # track() adds the warning itself
         if params.check_segmentation:
-            raise JobError(f"{INVALID_INPUT}check_segmentation: {len(inconsistent)} frames have more blobs than "
+            raise JobError(f"{INVALID_INPUT}check_segmentation: {len(crowded)} frames have more blobs than "
                            f"animals (listed in {out_dir / 'inconsistent_frames.csv'})")
     stitch_seconds = time.perf_counter() - t0
     STAGE_SECONDS.labels("stitch").observe(stitch_seconds)
@@ -299,51 +289,18 @@ def assemble(ctx: zmq.Context, job: str, state: JobState, progress: Progress) ->
         raise JobError(INVALID_INPUT + str(exc)) from None
     identifier = RemoteIdentifier(ctx, lambda: state.spec["identifier"], job, state.n_chunks, state.cancelled)
     try:
-        how = dict(identities=not params.track_wo_identities, method=params.method, seed=params.seed,
-                   progress=progress)
-        if region_counts is not None:
-            result = track_regions(table, links, n_frames, region_counts, identifier, **how)
-        else:
-            result = track(table, links, n_frames, n_animals, identifier, knowledge=knowledge, **how)
+        result = track_job(table, links, n_frames, n_animals, region_counts, identifier, params, knowledge, progress)
     finally:
         identifier.close()
     for stage, seconds in result.timings.items():
         STAGE_SECONDS.labels(stage).observe(seconds)
     FRAMES_TRACKED.inc(n_frames)
-    warnings += result.warnings
+    warnings = list(result.warnings)
     if result.doubtful:
         DOUBTFUL.inc()
     progress("write", 0.0, {})
-    statistics = {
-        "estimated_accuracy": result.estimated_accuracy,
-        "estimated_accuracy_apart": _finite_or_none(result.estimated_accuracy_apart),
-        "silhouette_score": result.silhouette, "n_blobs": len(table), "n_fragments": result.n_fragments,
-        "n_global_fragments": result.n_global_fragments,
-        "identification_method": result.method, "velocity_threshold": result.velocity_threshold,
-        "frames_with_more_blobs_than_animals": int(len(inconsistent)),
-    }
-    statistics["probe_blobs_per_frame_median"] = probe.get("blobs_per_frame_median")
-    timers = {"stitch": stitch_seconds, **{timer_name(stage): s for stage, s in result.timings.items()}}
-    session = {
-        "shoal_version": __version__, "job_id": job,
-        "started_utc": utc_iso(spec.get("started_unix")), "finished_utc": utc_iso(time.time()),
-        "parameters": spec["params"],
-        "effective_parameters": effective_parameters(spec["params"], probe, n_animals,
-                                                     _keep_background(probe, out_dir)),
-        "video": {k: v for k, v in video.items() if k != "warnings"},
-        "timers_seconds": timers, "statistics": statistics,
-        # one list: the video's, the probe's and the tracking's (the job's videos add theirs)
-        "warnings": list(dict.fromkeys([*video.get("warnings", []), *probe.get("warnings", []), *warnings])),
-        "notes": result.notes,
-    }
-    groups = {}
-    if region_counts is not None:  # identities are 1-based in files, numbered region by region
-        first = np.concatenate([[0], np.cumsum(region_counts)]).astype(int)
-        groups = {f"region_{r}": list(range(first[r] + 1, first[r + 1] + 1)) for r in range(len(region_counts))}
-        session["regions"] = {"animals_per_region": region_counts, "identities": groups}
-    if knowledge is not None:
-        session["knowledge_transfer"] = {"from": params.knowledge_transfer_folder,
-                                         "matching_score": _finite_or_none(result.transfer_score)}
+    session = session_record(job, spec, result, table, n_animals, region_counts, int(len(crowded)), stitch_seconds,
+                             _keep_background(probe, out_dir), warnings)
     try:
         if len(result.identity_model):  # what a later session's knowledge transfer starts from
             model_path = out_dir / MODEL_FILE
@@ -351,11 +308,11 @@ def assemble(ctx: zmq.Context, job: str, state: JobState, progress: Progress) ->
             model_path.with_suffix(".tmp").replace(model_path)
         write_session(out_dir, {
             "trajectories": result.trajectories, "id_probabilities": result.id_probabilities,
-            "areas": _area_statistics(result.areas), "frames_per_second": video["fps"],
+            "areas": area_statistics(result.areas), "frames_per_second": video["fps"],
             "body_length": probe["body_length"],
             "estimated_accuracy": result.estimated_accuracy, "silhouette_score": result.silhouette,
             "setup_points": params.setup_points, "identities_labels": params.identities_labels,
-            "identities_groups": groups,
+            "identities_groups": identity_groups(region_counts),
             "width": video["width"], "height": video["height"], "video_paths": video["paths"], "session": session,
         }, formats=tuple(params.trajectories_formats))
     except OSError as exc:  # e.g. a full data volume: no half-written session may look complete
@@ -368,16 +325,10 @@ def assemble(ctx: zmq.Context, job: str, state: JobState, progress: Progress) ->
                                      progress, state.cancelled)
         try:  # the session folder is complete without these two numbers
             update_session_json(out_dir, {"finished_utc": utc_iso(time.time()), "timers_seconds": {
-                **timers, "videos": time.perf_counter() - t_videos}})
+                **session["timers_seconds"], "videos": time.perf_counter() - t_videos}})
         except (OSError, ValueError) as exc:
             warnings.append(f"session.json lacks the videos' end time: {exc}")
-    figures = {"blobs": len(table), "fragments": result.n_fragments, "animals": n_animals,
-               "global_fragments": result.n_global_fragments}
-    if result.estimated_accuracy is not None and np.isfinite(result.estimated_accuracy):
-        figures["estimated_accuracy"] = result.estimated_accuracy
-    if np.isfinite(result.transfer_score):
-        figures["transfer_score"] = result.transfer_score
-    return figures, warnings
+    return job_figures(result, table, n_animals), warnings
 
 
 def _keep_background(probe: dict, out_dir: Path) -> str | None:
@@ -391,24 +342,6 @@ def _keep_background(probe: dict, out_dir: Path) -> str | None:
         logging.getLogger("shoal.assembler").warning("background model %s not kept", probe["background"])
         return None
     return BACKGROUND_FILE
-
-
-def _finite_or_none(value: float) -> float | None:
-    return float(value) if np.isfinite(value) else None
-
-
-def _area_statistics(areas: np.ndarray) -> dict[str, np.ndarray]:
-    """Mean, median and s.d. of each identity's blob area ([F, N] with NaN where not seen)."""
-    seen = np.isfinite(areas)
-    filled = np.where(seen, areas, 0.0)
-    count = np.maximum(seen.sum(0), 1)
-    mean = filled.sum(0) / count
-    std = np.sqrt((np.where(seen, (areas - mean) ** 2, 0.0)).sum(0) / count)
-    median = np.array([np.median(areas[seen[:, i], i]) if seen[:, i].any() else np.nan
-                       for i in range(areas.shape[1])])
-    none = ~seen.any(0)
-    mean[none] = std[none] = np.nan
-    return {"mean": mean, "median": median, "std": std}
 
 
 def main(argv: list[str] | None = None) -> int:
