@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -87,7 +88,10 @@ class LocalCluster:
         self.procs: dict[str, subprocess.Popen] = {}
         self.grpc_address = ""
         self.log_path = work_dir / "services.log"
-        self.curve_keys = work_dir / "curve"  # a fresh key folder per start (shoal.curve)
+        #: this cluster's own CURVE keys (shoal.curve), made fresh at each start in a private temporary
+        #: folder: never in the work folder, where a second `shoal serve` refused on the same data root
+        #: would replace them under the running cluster's starting workers
+        self.curve_keys: Path | None = None
 
     def __enter__(self) -> LocalCluster:
         self.start()
@@ -109,7 +113,7 @@ class LocalCluster:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")
         log_start = self.log_path.stat().st_size
-        shutil.rmtree(self.curve_keys, ignore_errors=True)
+        self.curve_keys = Path(tempfile.mkdtemp(prefix="shoal-curve-"))
         curve.generate(self.curve_keys)
         gateway = self._spawn("gateway", "services.gateway.main", [
             "--data-root", str(self.data_root), "--work-dir", str(self.work_dir),
@@ -172,5 +176,8 @@ class LocalCluster:
                 proc.kill()
                 proc.wait()
         self.procs.clear()
+        if self.curve_keys is not None:
+            shutil.rmtree(self.curve_keys, ignore_errors=True)
+            self.curve_keys = None
         if getattr(self, "_log", None):
             self._log.close()
