@@ -147,6 +147,11 @@ def test_unreadable_video_is_failed_precondition(stub, data_root, video, words):
     ({"extra": {"frames_per_episode": "3"}}, "frames_per_episode"),
     ({"method": "magic"}, "method"),
     ({"tracking_intervals": [pb.Interval(start=0, end=500)]}, "tracking_intervals"),
+    # only the video tells these apart from good ones (shoal.preflight, as `shoal track` checks them)
+    ({"roi_list": ["+ Polygon [[1000,1000],[1100,1000],[1100,1100]]"]}, "roi_list"),
+    ({"number_of_animals": 3, "exclusive_rois": True, "extra": {"animals_per_roi": "[1, 1, 1]"},
+      "roi_list": ["+ Polygon [[0,0],[30,0],[30,30],[0,30]]", "+ Polygon [[40,30],[79,30],[79,63],[40,63]]"]},
+     "animals_per_roi"),
 ])
 def test_bad_params_are_invalid_argument_naming_the_field(stub, params, field):
     err = _error(stub.SubmitJob, _request(["squares.avi"], **params))

@@ -22,14 +22,14 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from shoal.knowledge import check_compatible, model_info
 from shoal.params import ParamError, TrackingParams
 from shoal.params_proto import params_from_proto
+from shoal.preflight import preflight
 from shoal.session import shoal_entries
 from shoal.trajectory_files import check_formats
 from shoal.v1 import jobs_pb2 as pb
 from shoal.v1 import jobs_pb2_grpc as pb_grpc
-from shoal.video import VideoError, probe_video
+from shoal.video import VideoError
 
 from .jobstore import JobRecord, JobStore, eta_seconds
 from .scheduler import Scheduler
@@ -102,15 +102,19 @@ class JobService(pb_grpc.JobServiceServicer):
                                                                     "services") from None
         return params
 
-    def _check_knowledge(self, params: TrackingParams) -> None:
-        """The earlier session must lie under the data root too, and its model must fit this job."""
-        params.knowledge_transfer_folder = self._inside_root(params.knowledge_transfer_folder,
-                                                             "knowledge_transfer_folder")
+    @staticmethod
+    def _preflight(params: TrackingParams) -> None:
+        """The parameters against the videos themselves (:func:`shoal.preflight.preflight`, as
+        ``shoal track`` does before it starts anything)."""
         try:
-            check_compatible(model_info(params.knowledge_transfer_folder), params.id_image_size,
-                             params.number_of_animals)
+            preflight(params)
+        except VideoError as exc:
+            raise RequestError(grpc.StatusCode.FAILED_PRECONDITION, str(exc)) from None
         except ParamError as exc:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        except RuntimeError as exc:
+            raise RequestError(grpc.StatusCode.FAILED_PRECONDITION, f"trajectories_formats: {exc} on the "
+                                                                    "gateway's services") from None
 
     def _output_dir(self, request: pb.SubmitJobRequest, job_id: str) -> str:
         """The job's session folder: inside the data root, and never one that holds a session already
@@ -137,17 +141,10 @@ class JobService(pb_grpc.JobServiceServicer):
         """Check the parameters against the videos themselves, then store the job and wake the scheduler."""
         params = self._params(request, videos)
         self._output_dir(request, job_id)  # a bad folder fails before the videos are read
-        if params.knowledge_transfer_folder:
-            self._check_knowledge(params)
-        try:
-            info = probe_video(videos)
-        except VideoError as exc:
-            raise RequestError(grpc.StatusCode.FAILED_PRECONDITION, str(exc)) from None
-        for i, (_, end) in enumerate(params.tracking_intervals or []):
-            if end > info.n_frames:
-                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                                   f"tracking_intervals: interval {i} ends at frame {end} but the video has "
-                                   f"{info.n_frames} frames")
+        if params.knowledge_transfer_folder:  # the earlier session must lie under the data root too
+            params.knowledge_transfer_folder = self._inside_root(params.knowledge_transfer_folder,
+                                                                 "knowledge_transfer_folder")
+        self._preflight(params)
         name = request.name or Path(videos[0]).stem
         with self._submitting:  # two jobs never pass the session folder check for the same folder
             rec = self.store.create(job_id, name, params.to_dict(), videos, self._output_dir(request, job_id))

@@ -1,5 +1,5 @@
 """The tracking flags of ``shoal track`` and ``shoal submit``, the one place they become
-TrackingParams, and the pre-flight checks that catch bad input before any service starts."""
+TrackingParams, and the pre-flight check that catches bad input before any service starts."""
 
 from __future__ import annotations
 
@@ -93,31 +93,14 @@ def _gateway_path(path: str) -> str:
 
 
 def check_locally(params: TrackingParams) -> None:
-    """Catch bad input before starting any service: one clear line instead of a failed job."""
-    from shoal.roi import RoiError, roi_mask, roi_regions
-    from shoal.video import VideoError, probe_video
+    """Catch bad input before starting any service (:func:`shoal.preflight.preflight`, as the gateway
+    does at submission): one clear line instead of a failed job."""
+    from shoal.preflight import preflight
+    from shoal.video import VideoError
 
     try:
-        info = probe_video(params.video_paths)
-        if params.roi_list:
-            mask = roi_mask(params.roi_list, info.width, info.height)
-    except (VideoError, RoiError) as exc:
+        preflight(params)
+    except VideoError as exc:
         raise UsageError(str(exc)) from None
-    from shoal.trajectory_files import check_formats
-
-    try:
-        check_formats(params.trajectories_formats)
-    except RuntimeError as exc:
+    except RuntimeError as exc:  # a format whose library is missing here
         raise ParamError("trajectories_formats", str(exc)) from None
-    if params.knowledge_transfer_folder:
-        from shoal.knowledge import check_compatible, model_info
-
-        check_compatible(model_info(params.knowledge_transfer_folder), params.id_image_size, params.number_of_animals)
-    if params.exclusive_rois and params.animals_per_roi is not None:
-        n_regions = int(roi_regions(mask).max()) + 1
-        if len(params.animals_per_roi) != n_regions:
-            raise ParamError("animals_per_roi", f"{len(params.animals_per_roi)} counts given but the ROI has "
-                                                f"{n_regions} separate regions; give one count per region")
-    for start, end in params.tracking_intervals or []:
-        if end > info.n_frames:
-            raise UsageError(f"tracking interval [{start}, {end}) ends after the video's {info.n_frames} frames")
