@@ -47,7 +47,7 @@ def _video_shape(path: Path) -> tuple[int, int, int]:
     ({"output_video": True, "video_trail": -1}, "video_trail", ">= 0"),
     ({"output_video": True, "video_trail": 2.5}, "video_trail", "whole number"),
     ({"video_trail": 10}, "video_trail", "only applies with output_video"),
-    ({"output_individual_videos": True, "individual_video_size": 4}, "individual_video_size", "at least 8"),
+    ({"output_individual_videos": True, "individual_video_size": 4}, "individual_video_size", ">= 8"),
     ({"output_video": True, "individual_video_size": 64}, "individual_video_size",
      "only applies with output_individual_videos"),
 ])

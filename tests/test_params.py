@@ -1,14 +1,21 @@
-"""Tracking parameters: idtracker.ai files load, and every bad value names its field."""
+"""Tracking parameters: idtracker.ai files load, every bad value names its field, and every field
+travels through TOML, JSON, the gRPC message and its flag as the parameter table declares."""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import json
 import math
 from pathlib import Path
 
 import msgpack
 import pytest
 
-from shoal.params import ParamError, TrackingParams
+from shoal.cli.flags import add_tracking_flags, build_params
+from shoal.params import PARAMS, ParamError, TrackingParams, default_text
+from shoal.params_proto import IN_REQUEST, params_from_proto, params_to_proto
+from shoal.v1 import jobs_pb2 as pb
 
 IDTRACKERAI_V6_TOML = """\
 name = 'example'
@@ -129,8 +136,6 @@ def test_background_threshold_may_exceed_upper_bound_with_bkg():
 
 def test_a_raw_range_that_wraps_is_both_ends_and_survives_every_conversion():
     """[200, 100] without background: pixels >= 200 or <= 100 (a white and a black mouse)."""
-    from shoal.params_proto import params_from_proto, params_to_proto
-
     params = TrackingParams.from_dict(_valid(intensity_ths=[200, 100])).validate()
     assert params.intensity_ths == (200.0, 100.0)
     assert TrackingParams.from_dict(params_from_proto(params_to_proto(params))).intensity_ths == (200.0, 100.0)
@@ -158,8 +163,6 @@ def test_to_dict_is_msgpack_and_strict_json_safe():
 
 def test_the_nwb_table_of_a_toml_file_reaches_the_gateway_and_back(tmp_path):
     """TOML dates become ISO 8601 text, so the table travels in the proto's `extra` as JSON."""
-    from shoal.params_proto import params_from_proto, params_to_proto
-
     path = tmp_path / "p.toml"
     path.write_text('video_paths = ["v.avi"]\nnumber_of_animals = 2\ntrajectories_formats = ["npy", "sleap", "nwb"]\n'
                     '[nwb]\nspecies = "Mus musculus"\nsession_start_time = 2026-03-01T09:30:00Z\n'
@@ -169,3 +172,109 @@ def test_the_nwb_table_of_a_toml_file_reaches_the_gateway_and_back(tmp_path):
                           "experimenter": ["Curie, Marie", "Noether, Emmy"]}
     back = TrackingParams.from_dict({**params_from_proto(params_to_proto(params)), "video_paths": ["v.avi"]})
     assert back.validate() == params
+
+
+# -- the parameter table: each field declared once, every conversion derived from it ------------------
+
+ROI = "+ Polygon [[0, 0], [90, 0], [90, 90]]"
+#: a value other than the default for every field, with what it needs beside it to be valid
+EXAMPLES: dict[str, tuple[object, dict]] = {
+    "video_paths": (["/data/a.avi", "/data/b.avi"], {}),
+    "number_of_animals": (7, {}),
+    "intensity_ths": ((200.0, 100.0), {}),
+    "area_ths": ((20.0, math.inf), {}),
+    "roi_list": ([ROI, "- Ellipse [[40, 40], [5, 5], 0]"], {}),
+    "use_bkg": (True, {}),
+    "background_subtraction_stat": ("max", {}),
+    "number_of_frames_for_background": (40, {}),
+    "tracking_intervals": ([(0, 100), (200, 300)], {}),
+    "track_wo_identities": (True, {}),
+    "exclusive_rois": (True, {"roi_list": [ROI]}),
+    "resolution_reduction": (0.5, {}),
+    "id_image_size": (36, {}),
+    "check_segmentation": (True, {}),
+    "trajectories_formats": (["csv_tidy", "sleap"], {}),
+    "frames_per_episode": (250, {}),
+    "output_dir": ("/data/session", {}),
+    "knowledge_transfer_folder": ("/data/earlier_session", {}),
+    "setup_points": ({"border": [(0.0, 0.0), (90.0, 0.0), (90.0, 90.0)]}, {}),
+    "identities_labels": (["a", "b", "c", "d"], {}),
+    "animals_per_roi": ([1, 3], {"exclusive_rois": True, "roi_list": [ROI]}),
+    "method": ("accumulation", {}),
+    "seed": (9, {}),
+    "output_video": (True, {}),
+    "output_individual_videos": (True, {}),
+    "video_trail": (5, {"output_video": True}),
+    "individual_video_size": (64, {"output_individual_videos": True}),
+    "allow_missing_animals": (True, {}),
+    "nwb": ({"species": "Danio rerio"}, {}),
+}
+
+
+def _example(name: str) -> TrackingParams:
+    value, beside = EXAMPLES[name]
+    return TrackingParams(**{**_valid(), **beside, name: value}).validate()
+
+
+def _toml(value) -> str:
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "inf" if value == math.inf else json.dumps(value)
+
+
+def _argv(name: str, value) -> list[str]:
+    row = PARAMS[name]
+    if row.kind == "switch":
+        return [row.flag]
+    if row.repeat:
+        return [word for v in value for word in (row.flag, v)]
+    flat = [x for pair in value for x in pair] if row.kind == "intervals" else value
+    return [row.flag, *map(str, flat if isinstance(flat, list | tuple) else [flat])]
+
+
+def test_every_field_has_a_row_and_an_example():
+    assert set(EXAMPLES) == set(PARAMS) == {f.name for f in dataclasses.fields(TrackingParams)}
+    for name in PARAMS:
+        assert getattr(_example(name), name) != getattr(TrackingParams(), name), name
+
+
+@pytest.mark.parametrize("name", list(EXAMPLES))
+def test_every_parameter_survives_toml_json_the_grpc_message_and_its_flag(name, tmp_path):
+    params = _example(name)
+    assert TrackingParams.from_dict(json.loads(json.dumps(params.to_dict(), allow_nan=False))) == params
+    toml = tmp_path / "p.toml"
+    toml.write_text("".join(f"{k} = {_toml(v)}\n" for k, v in dataclasses.asdict(params).items() if v is not None))
+    assert TrackingParams.from_toml(toml) == params
+    message = pb.SubmitJobRequest(params=params_to_proto(params)).SerializeToString()
+    back = params_from_proto(pb.SubmitJobRequest.FromString(message).params)
+    assert TrackingParams.from_dict({**back, **{k: getattr(params, k) for k in IN_REQUEST}}) == params
+    if PARAMS[name].flag:
+        parser = argparse.ArgumentParser()
+        add_tracking_flags(parser)
+        beside = [w for k, v in EXAMPLES[name][1].items() for w in _argv(k, v)]
+        args = parser.parse_args(["--animals", "4", *beside, *_argv(name, getattr(params, name))])
+        assert build_params(args, params.video_paths) == params
+
+
+def test_the_grpc_message_types_exactly_the_rows_marked_proto_and_its_zero_values_are_the_defaults():
+    message_fields = pb.TrackingParams.DESCRIPTOR.fields_by_name
+    assert {n for n, row in PARAMS.items() if row.proto} == set(message_fields) - {"extra"}
+    assert IN_REQUEST == {"video_paths", "output_dir"}
+    plain = TrackingParams(**_valid())
+    assert params_from_proto(pb.TrackingParams()) == {}  # an empty message asks for every default
+    assert TrackingParams.from_dict({**params_from_proto(params_to_proto(plain)), **_valid()}) == plain
+    assert not params_to_proto(plain).extra  # defaults need no extra
+
+
+def test_the_api_docs_list_every_typed_field_with_its_default():
+    text = (Path(__file__).resolve().parent.parent / "docs" / "api.md").read_text()
+    table = text[text.index("| field | meaning | default |"):]
+    rows = [line.split(" | ") for line in table.split("\n\n")[0].splitlines()[2:]]
+    documented = {row[0].strip("| `"): row[-1].rstrip(" |") for row in rows}
+    typed = [n for n, row in PARAMS.items() if row.proto]
+    assert sorted(documented) == sorted([*typed, "extra"]) and len(rows) == len(documented)
+    assert {n: documented[n] for n in typed} == {n: default_text(n) for n in typed}
