@@ -175,3 +175,47 @@ def blob_regions(table: BlobTable, regions: np.ndarray) -> np.ndarray:
         return np.zeros(0, np.int32)
     first = table.contour_points[table.contour_offsets[:-1]]
     return regions[first[:, 1], first[:, 0]].astype(np.int32)
+
+
+class RegionError(ValueError):
+    """The animals per region cannot be made to agree with the number of animals."""
+
+
+def blobs_per_frame_and_region(table: BlobTable, n_frames: int, n_regions: int, first_frame: int = 0) -> np.ndarray:
+    """int64 [n_frames, n_regions]: how many blobs each region holds in each frame."""
+    cell = (table.frame - first_frame) * n_regions + table.region
+    return np.bincount(cell, minlength=n_frames * n_regions).reshape(n_frames, n_regions)
+
+
+def animals_per_region(
+    table: BlobTable, n_frames: int, n_regions: int, n_animals: int, given: list[int] | None = None,
+    first_frame: int = 0,
+) -> list[int]:
+    """How many animals live in each region.
+
+    Given counts win. Otherwise the split seen most often among frames that show all
+    ``n_animals`` apart is taken: in such a frame every animal is its own blob, so the split is
+    exact there, while a single frame's maximum would count debris. Without such frames (or with
+    ``n_animals`` unknown, tracking without identities) each region gets the count it shows most
+    often when any of its animals is visible, or its maximum when ``n_animals`` is unknown.
+    Raises :class:`RegionError` naming ``animals_per_roi`` when the counts cannot sum to ``n_animals``.
+    """
+    if given is not None:
+        if len(given) != n_regions:
+            raise RegionError(f"animals_per_roi: {len(given)} counts for {n_regions} regions")
+        counts = [int(c) for c in given]
+    else:
+        per_frame = blobs_per_frame_and_region(table, n_frames, n_regions, first_frame)
+        complete = per_frame[per_frame.sum(axis=1) == n_animals] if n_animals > 0 else per_frame[:0]
+        if len(complete):
+            splits, times = np.unique(complete, axis=0, return_counts=True)
+            counts = [int(c) for c in splits[np.argmax(times)]]
+        elif n_animals <= 0:
+            counts = [int(c) for c in per_frame.max(axis=0)]
+        else:
+            counts = [int(np.bincount(col[col > 0]).argmax()) if np.any(col > 0) else 0 for col in per_frame.T]
+    if n_animals > 0 and sum(counts) != n_animals:
+        raise RegionError(
+            f"animals_per_roi: the regions hold {counts} animals ({sum(counts)} in all), not number_of_animals = "
+            f"{n_animals}; give animals_per_roi, one count per region")
+    return counts

@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
+from services.assembler.assembly import count_animals
 from services.assembler.overlap import overlap_links
-from services.assembler.regions import RegionError, animals_per_region, track_regions
-from shoal.roi import blob_regions, roi_mask, roi_regions
+from services.assembler.regions import track_regions
+from shoal.roi import RegionError, animals_per_region, blob_regions, roi_mask, roi_regions
 from shoal.segmentation import segment_frame
 from tests.blob_scenes import table_from_discs, true_animals
 from tests.test_track import TruthIdentifier
@@ -76,3 +77,41 @@ def test_animals_per_region_from_frames_showing_everyone():
         animals_per_region(table, 90, 2, 7)
     with pytest.raises(RegionError, match="animals_per_roi: 3 counts for 2 regions"):
         animals_per_region(table, 90, 2, 6, given=[2, 2, 2])
+
+
+def test_the_assembler_takes_the_counts_the_probe_recorded_and_counts_only_without_a_number():
+    _, table = _scene_table()
+    assert count_animals(table, 90, {"n_animals": 6, "n_regions": 2, "animals_per_region": [2, 4]}, True) == (6, [2, 4])
+    assert count_animals(table, 90, {"n_animals": 5}, False) == (5, None)
+    # tracking without identities and no number: a slot for the most blobs a frame (a region) holds
+    assert count_animals(table, 90, {"n_animals": 0, "n_regions": 2, "animals_per_region": None}, True) == (6, [3, 3])
+    assert count_animals(table, 90, {"n_animals": 0}, False) == (6, None)
+
+
+def test_the_probe_counts_the_animals_of_each_arena_once_and_stops_when_they_cannot_add_up(tmp_path):
+    """Three fish in one tank and two in the other: the split is read from the sampled frames, so a
+    wrong number of animals stops the job at the probe, not after the whole video is segmented."""
+    from services.segmenter.work import SegmentationError, probe
+    from shoal.params import TrackingParams
+    from shoal.sim import SimulationConfig, write_simulation
+    from shoal.video import probe_video
+
+    config = SimulationConfig(n_animals=5, n_frames=60, preset="fish", seed=3, n_arenas=2)
+    files = write_simulation(config, tmp_path / "v")
+    info = probe_video([str(files["video"])])
+
+    def probed(**given):
+        params = TrackingParams(video_paths=[str(files["video"])], exclusive_rois=True,
+                                roi_list=config.arena_rois(), **given).validate()
+        return probe(info, params, tmp_path)
+
+    truth = np.bincount(np.load(files["ground_truth"])["arena"]).tolist()
+    found = probed(number_of_animals=5)
+    assert (found.n_regions, found.animals_per_region, found.n_animals) == (2, truth, 5)
+    given = probed(number_of_animals=5, animals_per_roi=truth[::-1])
+    assert given.animals_per_region == truth[::-1]
+    unknown = probed(track_wo_identities=True)  # only the whole video can tell: the assembler counts
+    assert (unknown.animals_per_region, unknown.n_animals) == (None, 0)
+    same = {"intensity_ths": found.intensity_ths, "area_ths": found.area_ths, "use_bkg": found.background is not None}
+    with pytest.raises(SegmentationError, match=r"animals_per_roi: the regions hold .* not number_of_animals = 12"):
+        probed(number_of_animals=12, **same)  # no sampled frame shows 12 blobs, nor can the regions' usual counts

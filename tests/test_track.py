@@ -89,7 +89,7 @@ def test_a_scene_with_two_crossings_keeps_every_identity():
 
 def test_without_identities_fragments_take_slots_and_no_identifier_is_needed(crossing):
     frames, n, table, links, truth = crossing
-    result = track(table, links, len(frames), 0, None, identities=False)
+    result = track(table, links, len(frames), n, None, identities=False)
     assert result.n_animals == 3 and result.method == "no identities" and result.estimated_accuracy is None
     single = np.array([len(t) == 1 for t in truth])
     assert np.all(result.blob_identity[single] >= 0) and np.all(result.blob_identity[~single] == -1)

@@ -17,10 +17,12 @@ from shoal import __version__
 from shoal.blobs import BlobTable, concat
 from shoal.identity_requests import IdentifierClient, Progress
 from shoal.params import TrackingParams
+from shoal.roi import animals_per_region
 from shoal.session import effective_parameters, timer_name, utc_iso
 from shoal.v1 import INVALID_INPUT
 
-from .regions import RegionError, animals_per_region, track_regions
+from .regions import track_regions
+from .slots import max_blobs_per_frame
 from .track import TrackResult, track
 
 
@@ -36,17 +38,18 @@ def stitch(chunks: dict[int, BlobTable], n_chunks: int) -> BlobTable:
     return table
 
 
-def count_animals(table: BlobTable, n_frames: int, params: TrackingParams, n_regions: int,
-                  ) -> tuple[int, list[int] | None]:
-    """(number of animals, animals per exclusive region or None). Without a number given (tracking
-    without identities) it is the most blobs any frame shows."""
-    if not params.exclusive_rois:
-        return params.number_of_animals or int(np.bincount(table.frame, minlength=n_frames).max()), None
-    try:
-        counts = animals_per_region(table, n_frames, n_regions, params.number_of_animals, params.animals_per_roi)
-    except RegionError as exc:
-        raise JobError(INVALID_INPUT + str(exc)) from None
-    return sum(counts), counts
+def count_animals(table: BlobTable, n_frames: int, probe: dict, exclusive_rois: bool) -> tuple[int, list[int] | None]:
+    """(number of animals, animals per exclusive region or None), as the probe recorded them.
+
+    Only without a number (tracking without identities) does the whole video decide, since a slot
+    is needed for the most blobs any frame (any region) holds.
+    """
+    n_regions, counts = int(probe.get("n_regions", 1)), probe.get("animals_per_region")
+    if exclusive_rois and counts is None:
+        counts = animals_per_region(table, n_frames, n_regions, 0)
+    if counts is not None:
+        return sum(counts), counts
+    return probe.get("n_animals") or max(max_blobs_per_frame(table), 1), None
 
 
 def crowded_frames(table: BlobTable, n_frames: int, n_animals: int) -> np.ndarray:

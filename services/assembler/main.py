@@ -272,7 +272,7 @@ def assemble(ctx: zmq.Context, job: str, state: JobState, progress: Progress) ->
     table = stitch(state.chunks, state.n_chunks)
     state.chunks.clear()
     links = overlap_links(table)
-    n_animals, region_counts = count_animals(table, n_frames, params, int(probe.get("n_regions", 1)))
+    n_animals, region_counts = count_animals(table, n_frames, probe, params.exclusive_rois)
     crowded = crowded_frames(table, n_frames, n_animals)
     out_dir = Path(spec["output_dir"])
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,7 @@ from services.assembler.fragments import Fragment, build_fragments, coexistence
 from services.assembler.global_fragments import GlobalFragment, find_global_fragments
 from services.assembler.motion import link_fragments, tracklets
 from services.assembler.postprocess import correct_impossible_jumps, interpolate_crossings, velocity_threshold
-from services.assembler.slots import assign_slots, max_blobs_per_frame
+from services.assembler.slots import assign_slots
 from services.assembler.trajectories import build_trajectories, identity_areas
 from shoal.blobs import BlobTable, blobs_per_frame_of_blob
 from shoal.identity_requests import IdentifierClient, IdentityReply, IdentityRequest, Progress
@@ -84,8 +84,7 @@ def track(
 
     ``links`` are the overlap-graph links (table rows, see :mod:`services.assembler.overlap`). Image
     ids sent to the identifier are table rows. ``identifier`` may be None when ``identities`` is
-    False or there is one animal. With ``identities=False`` and ``n_animals <= 0`` the number of
-    slots is the most blobs seen in a frame. ``knowledge``: an earlier session's identity model
+    False or there is one animal. ``knowledge``: an earlier session's identity model
     (:mod:`shoal.knowledge` bytes) that identity learning starts from and names identities after.
     ``motion=False`` assigns identities from appearance alone (idtracker.ai's way), for comparison.
     """
@@ -101,8 +100,6 @@ def track(
         if progress is not None:
             progress(name, 1.0, {})
 
-    if not identities and n_animals <= 0:
-        n_animals = max(max_blobs_per_frame(table), 1)
     if n_animals < 1:
         raise ValueError("the number of animals must be at least 1")
     per_frame = blobs_per_frame_of_blob(table)

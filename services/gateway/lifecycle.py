@@ -234,7 +234,10 @@ class Lifecycle:
         job_dir.mkdir(parents=True, exist_ok=True)
         plan = json.loads(json.dumps({"video": asdict(info), "chunks": chunks, "job_dir": str(job_dir)}))
         # a job that ran before (gateway restart, lost worker) keeps its probe if the video is unchanged
+        # and the probe records the animals (older versions left counting them to the assembler)
         probe = rec.plan.get("probe") if all(rec.plan.get(k) == plan[k] for k in plan) else None
+        if probe is not None and "n_animals" not in probe:
+            probe = None
         if probe is not None:
             plan["probe"] = probe
         self.store.update(rec.job_id, state=RUNNING, stage="probe", fraction=0.0, error="", plan=plan,

@@ -15,7 +15,7 @@ import numpy as np
 from shoal.blobs import BlobTable, concat
 from shoal.knowledge import check_compatible, model_info
 from shoal.params import TrackingParams
-from shoal.roi import blob_regions, roi_mask, roi_regions
+from shoal.roi import RegionError, animals_per_region, blob_regions, roi_mask, roi_regions
 from shoal.segmentation import background_sample_indices, body_length, compute_background, segment_frame
 from shoal.video import VideoError, VideoInfo, damage_message, decode_sample, read_frames
 
@@ -48,6 +48,10 @@ class Probe:
     n_regions: int = 1  # exclusive arenas (connected ROI regions) when exclusive_rois, else 1
     background_sign: int = 0  # with a background: -1 animals darker than it, +1 lighter, 0 either side
     exact_share: float | None = None  # share of sampled frames with exactly number_of_animals blobs
+    #: animals the job tracks (as given, or the sum of ``animals_per_region``); 0 when only the whole
+    #: video can tell (tracking without identities and no number given): the assembler then counts
+    n_animals: int = 0
+    animals_per_region: list[int] | None = None  # with exclusive_rois: as given, or seen in the sample
 
     def to_dict(self) -> dict:
         d = dict(self.__dict__)
@@ -114,28 +118,31 @@ def probe(info: VideoInfo, params: TrackingParams, job_dir: Path) -> Probe:
         note = f"automatic segmentation{f' ({given[0]} as given)' if given else ''}: {chosen.describe()}"
         warnings.append(note + (f": {exact:.0%} of {len(picks)} sampled frames show exactly {_animals(n)}" if n
                                 else " (number of animals unknown)"))
-    n = n or int(np.bincount(counts).argmax())
     if params.number_of_animals:
         over = float(np.mean(counts > n))
         if over > 0:
             warnings.append(f"{over:.1%} of sampled frames have more blobs than animals (debris or reflections?)")
         if not np.any(counts == n):
             warnings.append(f"no sampled frame shows all {n} animals apart; identities may be harder to learn")
-    length = body_length(table, n)
+    length = body_length(table, n or int(np.bincount(counts).argmax()))
     side, scale = crop_geometry(length, params.id_image_size, params.resolution_reduction)
     if params.knowledge_transfer_folder:  # fail now, not after segmenting the whole video
         check_compatible(model_info(params.knowledge_transfer_folder), side, params.number_of_animals)
-    n_regions = 1
+    n_regions, per_region = 1, None
     if params.exclusive_rois and roi is not None:
-        n_regions = int(roi_regions(roi).max()) + 1
-        if params.animals_per_roi is not None and len(params.animals_per_roi) != n_regions:
-            raise SegmentationError(
-                f"animals_per_roi: {len(params.animals_per_roi)} counts given but the ROI has {n_regions} "
-                "separate regions (exclusive arenas); give one count per region, in raster order of their top")
+        regions = roi_regions(roi)
+        n_regions = int(regions.max()) + 1
         if n_regions == 1:
             warnings.append("exclusive_rois: the ROI is one connected region, so there is a single arena")
+        if n or params.animals_per_roi is not None:  # else only the whole video can tell
+            table.region = blob_regions(table, regions)
+            try:
+                per_region = animals_per_region(table, int(picks.max()) + 1, n_regions, n, params.animals_per_roi)
+            except RegionError as exc:
+                raise SegmentationError(f"{exc} (in {len(picks)} sampled frames)") from None
     return Probe(length, side, scale, intensity, area, str(background_path) if background_path else None,
-                 float(np.median(counts)), warnings, n_regions, chosen.sign, exact)
+                 float(np.median(counts)), warnings, n_regions, chosen.sign, exact,
+                 n or sum(per_region or []), per_region)
 
 
 def _check_blobs(table: BlobTable, counts: np.ndarray, n_sampled: int, roi_area: float, chosen: Segmentation,
