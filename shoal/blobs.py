@@ -105,22 +105,6 @@ class BlobTable:
             region=self.region[rows],
         )
 
-    def geometry_only(self) -> BlobTable:
-        """The same table without masks and contours (what long-lived state keeps)."""
-        n = len(self)
-        return BlobTable(
-            frame=self.frame,
-            area=self.area,
-            centroid=self.centroid,
-            bbox=self.bbox,
-            orientation=self.orientation,
-            mask_offsets=np.zeros(n + 1, np.int64),
-            mask_bits=np.zeros(0, bool),
-            contour_offsets=np.zeros(n + 1, np.int64),
-            contour_points=np.zeros((0, 2), np.int32),
-            region=self.region,
-        )
-
 
 def blobs_per_frame_of_blob(table: BlobTable) -> np.ndarray:
     """For each blob, how many blobs its frame holds."""

@@ -51,7 +51,3 @@ def test_frame_pair_links_takes_any_two_frames_rows():
     assert links_set(frame_pair_links(table, np.array([0]), np.array([1]))) == {(0, 1)}
     assert len(frame_pair_links(table, np.array([0]), np.array([], np.int64))) == 0
 
-
-def test_blobs_without_masks_are_linked_by_their_boxes():
-    table = table_from_discs([[(30, 30, 8)], [(44, 44, 8)]]).geometry_only()
-    assert links_set(overlap_links(table)) == {(0, 1)}

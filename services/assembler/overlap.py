@@ -5,8 +5,7 @@ method's one assumption, notes §3.3), a link means "possibly the same animal"; 
 each way that continues a blob with one link each way is surely the same animal.
 
 Pairs are found with a vectorised bounding-box test per frame pair, then an exact test on the two
-masks inside the boxes' intersection. Blobs without mask bits (geometry-only tables) are treated as
-filling their bounding box.
+masks inside the boxes' intersection.
 """
 
 from __future__ import annotations
@@ -23,15 +22,9 @@ def masks_intersect(table: BlobTable, a: int, b: int) -> bool:
     x0, y0, x1, y1 = max(ax0, bx0), max(ay0, by0), min(ax1, bx1), min(ay1, by1)
     if x0 >= x1 or y0 >= y1:
         return False
-    window_a = _mask_window(table, a, x0 - ax0, y0 - ay0, x1 - ax0, y1 - ay0)
-    window_b = _mask_window(table, b, x0 - bx0, y0 - by0, x1 - bx0, y1 - by0)
+    window_a = table.mask(a)[y0 - ay0:y1 - ay0, x0 - ax0:x1 - ax0]
+    window_b = table.mask(b)[y0 - by0:y1 - by0, x0 - bx0:x1 - bx0]
     return bool(np.any(window_a & window_b))
-
-
-def _mask_window(table: BlobTable, i: int, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
-    if table.mask_offsets[i] == table.mask_offsets[i + 1]:
-        return np.ones((y1 - y0, x1 - x0), bool)
-    return table.mask(i)[y0:y1, x0:x1]
 
 
 def frame_pair_links(table: BlobTable, rows_t: np.ndarray, rows_next: np.ndarray) -> np.ndarray:
