@@ -28,7 +28,7 @@ from shoal.identity_requests import CrossingReply, CrossingRequest, IdentityRepl
 
 #: the message protocol version (2: `request_progress` apart from the control `progress`, and
 #: `geometry_wanted`)
-VERSION = 2
+VERSION = 3
 
 # -- control channel: gateway ROUTER <-> worker DEALER ------------------------------------------
 
@@ -200,7 +200,6 @@ class ChunkGeometry:
     ARRAYS: ClassVar[tuple[str, ...]] = tuple(f.name for f in dataclasses.fields(BlobTable))
     job: str
     chunk: int
-    attempt: int
     start: int
     stop: int
     n_chunks: int

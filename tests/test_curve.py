@@ -45,7 +45,7 @@ def _rogue_hellos(endpoints: dict[str, str], stranger: curve.CurveKeys | None, s
         for name, endpoint in endpoints.items():
             kind = zmq.DEALER if name in ("control", "requests") else zmq.PUSH
             rogue = message(Hello(role="segmenter", worker=f"rogue-{name}")) if name == "control" else message(
-                BlobBatch(job="rogue", chunk=0, attempt=1, start=0, stop=1, n_chunks=1),
+                BlobBatch(job="rogue", chunk=0, start=0, stop=1, n_chunks=1),
                 {**BlobTable.empty().arrays(), "crops": np.zeros((0, 8, 8), np.uint8)})
             for key in (None, stranger) if stranger else (None,):
                 sock = ctx.socket(kind)

@@ -71,7 +71,7 @@ def test_every_type_the_page_describes_has_a_class():
     (Message("ready", {"credit": "1"}), "'credit' must be int"),
     (Message("close_job", {"job": "j", "jbo": "typo"}), "unknown field(s) 'jbo'"),
     (Message("chunk_stored", {"job": "j", "chunk": 1.5}), "'chunk' must be int"),
-    (Message("blob_batch", {"job": "j", "chunk": 0, "attempt": 1, "start": 0, "stop": 1, "n_chunks": 1}),
+    (Message("blob_batch", {"job": "j", "chunk": 0, "start": 0, "stop": 1, "n_chunks": 1}),
      "missing array 'frame'"),
     (Message("segmented", {}), "unknown message type 'segmented'"),
 ])
@@ -89,7 +89,7 @@ def test_typed_messages_round_trip_and_leave_out_unset_flags():
     got = decode([bytes(f) for f in encode(sent)])
     assert got.body == sent.body
     table = BlobTable.empty()
-    batch = message(BlobBatch(job="j", chunk=0, attempt=1, start=0, stop=5, n_chunks=2),
+    batch = message(BlobBatch(job="j", chunk=0, start=0, stop=5, n_chunks=2),
                     {**table.arrays(), "crops": np.zeros((0, 8, 8), np.uint8)})
     assert set(decode(encode(batch)).arrays) == {*table.arrays(), "crops"}
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 #: chunk facts saved with the geometry, as ``_<name>`` entries of the ``.npz``
-META_KEYS = ("start", "stop", "n_chunks", "attempt")
+META_KEYS = ("start", "stop", "n_chunks")
 
 
 class ImageStore:

@@ -213,7 +213,7 @@ class Identifier:
         job, chunk = msg["job"], msg["chunk"]
         store = self.store(job)
         crops = msg.arrays.pop("crops")
-        body = {k: msg[k] for k in ("job", "chunk", "attempt", "start", "stop", "n_chunks")}
+        body = {k: msg[k] for k in ("job", "chunk", "start", "stop", "n_chunks")}
         if store.has(chunk):
             BATCHES.labels("duplicate").inc()
         else:

@@ -197,7 +197,7 @@ class Segmenter:
         t0 = time.perf_counter()
         start, stop = task["start"], task["stop"]
         table, crops = segment_chunk(info, params, Probe.from_dict(task["probe"]), start, stop)
-        batch = message(BlobBatch(job=task["job"], chunk=task["task"], attempt=task["attempt"], start=start,
+        batch = message(BlobBatch(job=task["job"], chunk=task["task"], start=start,
                                   stop=stop, n_chunks=task["n_chunks"]), {**table.arrays(), "crops": crops})
         sock = pushers.get(task["identifier"])
         while not sock.poll(200, zmq.POLLOUT):  # backpressure: a busy identifier slows this worker down
