@@ -18,8 +18,9 @@ def add_tracking_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--params", metavar="FILE.toml",
                    help="idtracker.ai-style parameter file; flags override it (default: none)")
     for name, row in PARAMS.items():
-        if row.flag:
-            g.add_argument(row.flag, dest=name, help=f"{row.help} ({name}; default: {default_text(name)})",
+        if row.flag:  # the key a --params file takes, marked where idtracker.ai has none
+            key = f"{name}, Shoal's own" if row.own else name
+            g.add_argument(row.flag, dest=name, help=f"{row.help} ({key}; default: {default_text(name)})",
                            **_ARGPARSE[row.kind](row))
 
 
