@@ -190,8 +190,9 @@ class TrackingParams:
         if self.area_ths is not None and self.area_ths[1] < self.area_ths[0]:
             raise ParamError("area_ths", f"need min <= max, got {_show(self.area_ths)}")
         for i, iv in enumerate(self.tracking_intervals or []):
-            if iv[0] < 0 or iv[1] <= iv[0]:
+            if len(iv) != 2 or iv[0] < 0 or iv[1] <= iv[0]:
                 raise ParamError("tracking_intervals", f"interval {i} must be [start, end) with 0 <= start < end")
+        check_setup_points(self.setup_points)  # from_dict reads them so; a direct TrackingParams(...) is checked here
         if self.identities_labels is not None:
             check_identities_labels(self.identities_labels, self.number_of_animals)
         if self.exclusive_rois and not self.roi_list:

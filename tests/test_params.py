@@ -125,6 +125,18 @@ def test_bad_values_name_their_field(overrides, field):
     assert str(err.value).startswith(f"{field}:")
 
 
+@pytest.mark.parametrize(("overrides", "field"), [
+    ({"setup_points": {"border": [[0]]}}, "setup_points"),
+    ({"tracking_intervals": [(0, 5, 7)]}, "tracking_intervals"),
+    ({"method": "magic"}, "method"),
+])
+def test_a_params_object_built_directly_is_checked_as_strictly(overrides, field):
+    """validate() checks what from_dict's readers check, for params made in code (shoal demo, tests)."""
+    with pytest.raises(ParamError) as err:
+        TrackingParams(**{**_valid(), **overrides}).validate()
+    assert err.value.field == field
+
+
 def test_zero_animals_is_fine_without_identities():
     TrackingParams.from_dict(_valid(number_of_animals=0, track_wo_identities=True)).validate()
 
